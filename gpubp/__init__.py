@@ -1,0 +1,43 @@
+"""gpubp: explicit backpropagation for fully-connected networks, on NumPy or CuPy.
+
+>>> import gpubp
+>>> net = gpubp.MLP([2, 16, 2], activation="tanh", loss="cross_entropy", seed=0)
+>>> X, y = gpubp.data.xor(200)
+>>> history = net.fit(X, y, epochs=50, optimizer=gpubp.optim.Adam(1e-2), progress=False)
+
+Importing gpubp never initialises CUDA; the backend is chosen when a network
+is built (``backend="auto"`` picks CuPy when a CUDA device is usable).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import data, optim
+from .activations import ACTIVATIONS
+from .backends import available_backends, cupy_status, get_backend
+from .errors import BackendUnavailableError, GpubpError, GpubpTypeError, GpubpValueError
+from .gradcheck import gradcheck
+from .history import History
+from .io import load
+from .losses import LOSSES
+from .mlp import MLP
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "BackendUnavailableError",
+    "GpubpError",
+    "GpubpTypeError",
+    "GpubpValueError",
+    "History",
+    "__version__",
+    "available_backends",
+    "cupy_status",
+    "data",
+    "get_backend",
+    "gradcheck",
+    "load",
+    "optim",
+]

@@ -1,0 +1,114 @@
+"""The reference backend: every operation the network needs, written against ``self.xp``.
+
+The network never calls NumPy or CuPy directly; it calls these methods. The
+base class implements each of them with array-module calls that work on both
+NumPy and CuPy (``out=`` everywhere, nothing allocated per call), which makes
+it the executable specification. A backend subclass overrides only what it
+can do better — the CuPy backend replaces the hot elementwise operations with
+fused CUDA kernels of the same names — and every backend is tested against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import optim
+from ..activations import Activation
+from ..losses import Loss
+
+
+class Backend:
+    """Array operations for one array module (``xp``) and one device."""
+
+    name = "base"
+    is_gpu = False
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<gpubp backend {self.name!r} on {self.device_name()}>"
+
+    # --- memory and transfers ---------------------------------------------------------------
+    def device_name(self) -> str:
+        raise NotImplementedError
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Any:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def is_device_array(self, value: Any) -> bool:
+        """True when ``value`` already lives where this backend computes."""
+        return isinstance(value, self.xp.ndarray)
+
+    def asarray(self, value: Any, dtype: Any = None) -> Any:
+        """A new backend array holding a copy of ``value`` (host or device)."""
+        return self.xp.array(value, dtype=dtype, copy=True)
+
+    def copy_into(self, out: Any, value: Any) -> None:
+        """``out[...] = value`` with dtype conversion, without allocating a device array."""
+        self.xp.copyto(out, value, casting="unsafe")
+
+    def to_host(self, value: Any) -> np.ndarray:
+        """A NumPy copy of a backend array."""
+        return np.array(value, copy=True)
+
+    def synchronize(self) -> None:
+        """Wait until queued work has finished (a no-op where work is synchronous)."""
+
+    def all_finite(self, value: Any) -> bool:
+        return bool(self.xp.isfinite(value).all())
+
+    def take_rows(self, source: Any, index: Any, out: Any) -> None:
+        """``out = source[index]`` along the first axis, into a preallocated buffer."""
+        self.xp.take(source, index, axis=0, out=out)
+
+    def one_hot(self, labels: Any, row_index: Any, out: Any) -> None:
+        """``out[n, k] = 1 if labels[n] == k else 0``; ``row_index`` is ``arange(N)``."""
+        out.fill(0)
+        out[row_index, labels] = 1
+
+    # --- the layer's linear map ---------------------------------------------------------------
+    def matmul(self, a: Any, b: Any, out: Any) -> None:
+        """``out = a @ b`` (one GEMM; ``a`` or ``b`` may be transposed views)."""
+        self.xp.matmul(a, b, out=out)
+
+    def add_bias(self, z: Any, b: Any) -> None:
+        """``z += b``, broadcast over the rows (the ``+ b`` of ``Z = A·W + b``)."""
+        self.xp.add(z, b, out=z)
+
+    def bias_grad(self, delta: Any, out: Any) -> None:
+        """BP3: ``∂L/∂b = Σ_rows δ``, overwriting ``out``."""
+        self.xp.sum(delta, axis=0, out=out)
+
+    # --- activations and losses ---------------------------------------------------------------
+    def activation_forward(self, activation: Activation, z: Any, a: Any, tmp: Any) -> None:
+        """``a = σ(z)``; ``a`` may be ``z`` itself when σ' does not need ``z``."""
+        activation.forward(self.xp, z, a, tmp)
+
+    def activation_backward(self, activation: Activation, delta: Any, z: Any, a: Any,
+                            tmp: Any, tmp2: Any) -> None:
+        """``delta ← delta ⊙ σ'(z)`` in place (the last factor of BP1 and BP2)."""
+        activation.backward(self.xp, delta, z, a, tmp, tmp2)
+
+    def loss_output(self, loss: Loss, z: Any, a: Any, tmp: Any, rows: Any) -> None:
+        """Probabilities from logits for the losses that fuse their output activation."""
+        assert loss.output is not None
+        loss.output(self.xp, z, a, tmp, rows)
+
+    def loss_value_and_delta(self, loss: Loss, z: Any, a: Any, y: Any, delta: Any,
+                             tmp: Any, rows: Any) -> Any:
+        """The loss as a 0-d array; writes the output error into ``delta`` (BP1)."""
+        return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows))
+
+    # --- optimizers ---------------------------------------------------------------------------
+    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, **hyper: Any) -> None:
+        optim.sgd_update(self.xp, params, grads, velocity, scratch, **hyper)
+
+    def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
+                    **hyper: Any) -> None:
+        optim.adam_update(self.xp, params, grads, m, v, scratch, scratch2, **hyper)

@@ -1,0 +1,24 @@
+"""The exceptions gpubp raises for mistakes a caller can make.
+
+Every error is a subclass of :class:`GpubpError` and also of the built-in
+``ValueError`` or ``TypeError``, so ``except ValueError`` keeps working.
+Messages name the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+
+class GpubpError(Exception):
+    """Base class of every error gpubp raises on purpose."""
+
+
+class GpubpValueError(GpubpError, ValueError):
+    """An argument has the right type but a wrong value, shape or content."""
+
+
+class GpubpTypeError(GpubpError, TypeError):
+    """An argument has the wrong type or dtype."""
+
+
+class BackendUnavailableError(GpubpError, RuntimeError):
+    """A backend was asked for by name and cannot run on this machine."""

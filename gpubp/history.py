@@ -1,0 +1,43 @@
+"""What :meth:`gpubp.MLP.fit` returns: one record of metrics per epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class History:
+    """Per-epoch metrics: ``history["loss"]`` is the list of epoch losses.
+
+    Keys present depend on the run: ``loss``, ``accuracy`` (classification),
+    ``val_loss``/``val_accuracy`` (with validation data), ``time`` (seconds
+    per epoch) and ``samples_per_s``.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.records: list[dict[str, float]] = []
+
+    def append(self, epoch: int, record: dict[str, float]) -> None:
+        self.epochs.append(epoch)
+        self.records.append(dict(record))
+
+    def __getitem__(self, key: str) -> list[float]:
+        if not self.records or key not in self.records[0]:
+            raise KeyError(f"{key!r} is not in this history; it has {self.keys()}")
+        return [record[key] for record in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def keys(self) -> list[str]:
+        return list(self.records[0]) if self.records else []
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"epoch": [...], "loss": [...], ...}``, ready for JSON."""
+        return {"epoch": list(self.epochs), **{key: self[key] for key in self.keys()}}
+
+    def __repr__(self) -> str:
+        if not self.records:
+            return "History(no epochs)"
+        last = ", ".join(f"{k}={v:.4g}" for k, v in self.records[-1].items())
+        return f"History({len(self)} epochs; last: {last})"

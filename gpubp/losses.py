@@ -1,0 +1,140 @@
+"""Loss functions: the value L and the output error ∂L/∂(output), side by side.
+
+All losses use PyTorch's definitions with ``reduction="mean"``. With ``M`` the
+number of elements of the output (batch × outputs) and ``N`` the batch size:
+
+====================  =============================================  =================================
+loss                  L                                              what ``value_and_delta`` writes
+====================  =============================================  =================================
+``mse``               Σ (a − y)² / M                                 ∂L/∂a = 2 (a − y) / M
+``l1``                Σ |a − y| / M                                  ∂L/∂a = sign(a − y) / M
+``huber`` (δ = 1)     Σ h(a − y) / M, h(d) = ½d² if |d| ≤ 1           ∂L/∂a = clip(a − y, −1, 1) / M
+                      else |d| − ½
+``cross_entropy``     Σₙ (logsumexp(zₙ) − Σₖ yₙₖ zₙₖ) / N             δ = ∂L/∂z = (P − Y) / N
+``bce``               Σ (softplus(z) − y·z) / M                      δ = ∂L/∂z = (sigmoid(z) − Y) / M
+====================  =============================================  =================================
+
+``cross_entropy`` and ``bce`` fuse their output activation (softmax, sigmoid)
+into the loss: the network's last layer produces logits ``z``, ``output``
+turns them into probabilities ``a``, and the error is taken with respect to
+``z`` directly, which is both cheaper and exact (BP1 without a Jacobian). For
+the other losses the network multiplies ∂L/∂a by σ'(z) of its output activation.
+
+Every function works in place on buffers the network preallocates: ``tmp`` has
+the output's shape and ``rows`` is ``(2, N, 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .activations import ACTIVATIONS
+from .errors import GpubpTypeError, GpubpValueError
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss: its value and output error, and the output activation it fuses (if any)."""
+
+    name: str
+    value_and_delta: Callable[..., Any]
+    """``value_and_delta(xp, z, a, y, delta, tmp, rows) -> 0-d array``; writes the output error into ``delta``."""
+    fused_activation: str | None = None
+    """``"softmax"`` or ``"sigmoid"`` when the loss includes the output activation."""
+    output: Callable[..., None] | None = None
+    """``output(xp, z, a, tmp, rows)``: probabilities from logits, for fused losses."""
+    classification: bool = False
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r})"
+
+
+def _mse(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+    scale = 1.0 / a.size
+    xp.subtract(a, y, out=delta)
+    loss = xp.vdot(delta.ravel(), delta.ravel()) * scale
+    xp.multiply(delta, 2.0 * scale, out=delta)
+    return loss
+
+
+def _l1(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+    scale = 1.0 / a.size
+    xp.subtract(a, y, out=delta)
+    xp.abs(delta, out=tmp)
+    loss = tmp.sum() * scale
+    xp.sign(delta, out=delta)
+    xp.multiply(delta, scale, out=delta)
+    return loss
+
+
+def _huber(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+    # With d = a − y and c = clip(d, −1, 1): h(d) = c·d − ½c², for both branches.
+    scale = 1.0 / a.size
+    xp.subtract(a, y, out=tmp)
+    xp.clip(tmp, -1.0, 1.0, out=delta)
+    loss = (xp.vdot(delta.ravel(), tmp.ravel()) - 0.5 * xp.vdot(delta.ravel(), delta.ravel())) * scale
+    xp.multiply(delta, scale, out=delta)
+    return loss
+
+
+def _softmax(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
+    """a = softmax(z) row by row, shifted by the row maximum so exp never overflows.
+    Leaves the row maxima in rows[0] and the sums of exp(z − max) in rows[1]."""
+    row_max, row_sum = rows[0], rows[1]
+    xp.max(z, axis=1, keepdims=True, out=row_max)
+    xp.subtract(z, row_max, out=a)
+    xp.exp(a, out=a)
+    xp.sum(a, axis=1, keepdims=True, out=row_sum)
+    xp.divide(a, row_sum, out=a)
+
+
+def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+    # a already holds softmax(z) (from ``output``), rows the max and the sum of exps.
+    n = z.shape[0]
+    row_max, row_sum = rows[0], rows[1]
+    xp.log(row_sum, out=row_sum)
+    xp.add(row_sum, row_max, out=row_sum)  # logsumexp(z) per row
+    loss = (row_sum.sum() - xp.vdot(y.ravel(), z.ravel())) * (1.0 / n)
+    xp.subtract(a, y, out=delta)  # BP1, fused: δ = (P − Y) / N
+    xp.multiply(delta, 1.0 / n, out=delta)
+    return loss
+
+
+def _sigmoid_output(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
+    ACTIVATIONS["sigmoid"].forward(xp, z, a, tmp)
+
+
+def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+    # −[y·log σ(z) + (1 − y)·log(1 − σ(z))] = softplus(z) − y·z, stable for any z.
+    scale = 1.0 / z.size
+    ACTIVATIONS["softplus"].forward(xp, z, tmp, delta)
+    loss = (tmp.sum() - xp.vdot(y.ravel(), z.ravel())) * scale
+    xp.subtract(a, y, out=delta)  # BP1, fused: δ = (σ(z) − Y) / M
+    xp.multiply(delta, scale, out=delta)
+    return loss
+
+
+LOSSES: dict[str, Loss] = {
+    loss.name: loss
+    for loss in (
+        Loss("mse", _mse),
+        Loss("l1", _l1),
+        Loss("huber", _huber),
+        Loss("cross_entropy", _cross_entropy, "softmax", _softmax, classification=True),
+        Loss("bce", _bce, "sigmoid", _sigmoid_output, classification=True),
+    )
+}
+_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "bce_with_logits": "bce", "mae": "l1"}
+
+
+def get_loss(name: str | Loss) -> Loss:
+    """Look a loss up by name (case-insensitive)."""
+    if isinstance(name, Loss):
+        return name
+    if not isinstance(name, str):
+        raise GpubpTypeError(f"loss must be a loss name, one of {sorted(LOSSES)}, got {type(name).__name__} {name!r}")
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in LOSSES:
+        raise GpubpValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[key]
