@@ -1,0 +1,35 @@
+"""Shared fixtures: one suite over every available backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpubp
+
+CUPY_USABLE, CUPY_REASON = gpubp.cupy_status()
+requires_gpu = pytest.mark.skipif(not CUPY_USABLE, reason=f"no usable CUDA device: {CUPY_REASON}")
+
+
+def _backend_params() -> list:
+    return ["numpy", pytest.param("cupy", marks=[pytest.mark.gpu, requires_gpu])]
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request: pytest.FixtureRequest) -> gpubp.backends.Backend:
+    """Each available backend in turn (the CuPy one is marked ``gpu`` and skipped without a device)."""
+    return gpubp.get_backend(request.param)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def targets_for(loss: str, n: int, outputs: int, rng: np.random.Generator) -> np.ndarray:
+    """Valid targets for ``loss``: labels for cross_entropy, [0, 1] values for bce, anything for the rest."""
+    if loss == "cross_entropy":
+        return rng.integers(0, outputs, n)
+    if loss == "bce":
+        return rng.uniform(0, 1, (n, outputs))
+    return rng.normal(0, 1, (n, outputs))

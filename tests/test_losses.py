@@ -1,0 +1,112 @@
+"""Each loss's value and output error against formulas written here, and against PyTorch where installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpubp.errors import GpubpValueError
+from gpubp.losses import LOSSES, get_loss
+
+N, K = 7, 3
+
+
+def _run(name, z, y):
+    """(loss, delta, probabilities) from gpubp's implementation."""
+    loss = LOSSES[name]
+    a = z.copy()
+    rows = np.empty((2, z.shape[0], 1))
+    if loss.output is not None:
+        loss.output(np, z, a, np.empty_like(z), rows)
+    delta = np.empty_like(z)
+    value = loss.value_and_delta(np, z, a, y, delta, np.empty_like(z), rows)
+    return float(value), delta, a
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _reference(name, z, y):
+    """(loss, ∂L/∂z) from the definitions; for the unfused losses the output is z itself."""
+    d = z - y
+    m = z.size
+    if name == "mse":
+        return np.mean(d**2), 2 * d / m
+    if name == "l1":
+        return np.mean(np.abs(d)), np.sign(d) / m
+    if name == "huber":
+        small = np.abs(d) <= 1
+        return np.mean(np.where(small, 0.5 * d**2, np.abs(d) - 0.5)), np.where(small, d, np.sign(d)) / m
+    if name == "cross_entropy":
+        p = _softmax(z)
+        return -np.mean(np.sum(y * np.log(p), axis=1)), (p - y) / z.shape[0]
+    if name == "bce":
+        p = 1 / (1 + np.exp(-z))
+        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), (p - y) / m
+    raise AssertionError(name)
+
+
+def _targets(name, rng):
+    if name == "cross_entropy":
+        return np.eye(K)[rng.integers(0, K, N)]
+    if name == "bce":
+        return rng.uniform(0, 1, (N, K))
+    return rng.normal(0, 2, (N, K))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_value_and_delta_match_formula(name, rng):
+    z = rng.normal(0, 2, (N, K))
+    y = _targets(name, rng)
+    value, delta, _ = _run(name, z, y)
+    ref_value, ref_delta = _reference(name, z, y)
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    np.testing.assert_allclose(delta, ref_delta, rtol=1e-12, atol=1e-15)
+
+
+def test_cross_entropy_with_soft_targets(rng):
+    z = rng.normal(0, 2, (N, K))
+    y = rng.dirichlet(np.ones(K), N)
+    value, delta, probabilities = _run("cross_entropy", z, y)
+    ref_value, ref_delta = _reference("cross_entropy", z, y)
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    np.testing.assert_allclose(delta, ref_delta, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "bce"])
+def test_fused_losses_stable_for_huge_logits(name):
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype=np.float32)
+    y = np.array([[1.0, 0, 0], [0, 0, 1.0]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        value, delta, probabilities = _run(name, z, y)
+    assert np.isfinite(value) and np.isfinite(delta).all() and np.isfinite(probabilities).all()
+    if name == "cross_entropy":
+        assert value == pytest.approx(0.0, abs=1e-6)  # confident and right
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_against_pytorch(name, rng):
+    torch = pytest.importorskip("torch")
+    z = rng.normal(0, 2, (N, K))
+    y = _targets(name, rng)
+    zt, yt = torch.tensor(z, requires_grad=True), torch.tensor(y)
+    functions = {
+        "mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
+        "huber": lambda a, b: torch.nn.functional.huber_loss(a, b, delta=1.0),
+        "cross_entropy": torch.nn.functional.cross_entropy,
+        "bce": torch.nn.functional.binary_cross_entropy_with_logits,
+    }
+    expected = functions[name](zt, yt)
+    expected.backward()
+    value, delta, _ = _run(name, z, y)
+    assert value == pytest.approx(expected.item(), rel=1e-10)
+    np.testing.assert_allclose(delta, zt.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_lookup():
+    assert get_loss("CE").name == "cross_entropy"
+    with pytest.raises(GpubpValueError, match="unknown loss 'msee'"):
+        get_loss("msee")
