@@ -89,14 +89,15 @@ def host_array(name: str, value: Any) -> np.ndarray:
 def finite(name: str, array: Any, xp: Any = np) -> None:
     """Require every element to be finite.
 
-    Cheap path: any NaN or Inf makes the float64 sum non-finite, and a sum of
-    finite float32 values cannot overflow float64; only a non-finite sum is
-    looked at element by element. On the GPU this costs one device sync.
+    Cheap path: any NaN or Inf makes the sum non-finite; only a non-finite sum
+    (which may also be an overflow of finite values) is looked at element by
+    element. The sum runs in the array's own dtype, so nothing the size of the
+    array is allocated. On the GPU this costs one device sync.
     """
     if array.dtype.kind != "f" or array.size == 0:
         return
     with np.errstate(over="ignore", invalid="ignore"):
-        total = float(xp.sum(array, dtype=xp.float64))
+        total = float(array.sum())
     if math.isfinite(total):
         return
     bad = ~xp.isfinite(array)
