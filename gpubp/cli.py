@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--classes", type=int, default=3, help="spiral arms (classes); default: %(default)s")
     train.add_argument("--validation", type=float, default=0.1, help="validation fraction; default: %(default)s")
     train.add_argument("--hidden", type=_parse_widths, default=[64, 64], help="hidden widths; default: 64,64")
-    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh", help="default: %(default)s")
+    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="default: %(default)s")
     train.add_argument("--optimizer", choices=sorted(optim.OPTIMIZERS), default="adam", help="default: %(default)s")
     train.add_argument("--lr", type=float, default=1e-2, help="learning rate; default: %(default)s")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum; default: %(default)s")

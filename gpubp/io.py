@@ -78,7 +78,9 @@ def load(path: Any, backend: Any = "auto") -> MLP:
     except ValueError as error:
         if isinstance(error, GpubpValueError):
             raise
-        raise GpubpValueError(f"{str(source)!r} could not be read without pickle: {error}") from None
+        raise GpubpValueError(
+            f"{str(source)!r} is not a readable .npz file of plain arrays (pickled data is never loaded): {error}"
+        ) from None
     metadata = _parse_metadata(source, metadata_array)
     try:
         net = MLP(metadata["sizes"], activation=metadata["activation"],

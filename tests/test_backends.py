@@ -1,0 +1,68 @@
+"""Backend selection: names, aliases, the auto choice, and that importing gpubp leaves CUDA alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.errors import BackendUnavailableError, GpubpTypeError, GpubpValueError
+
+from conftest import CUPY_USABLE
+
+
+@pytest.mark.parametrize("name", ["numpy", "cpu", "NumPy"])
+def test_numpy_names(name):
+    backend = gpubp.get_backend(name)
+    assert backend.name == "numpy" and backend.xp is np and not backend.is_gpu
+
+
+def test_backend_objects_pass_through():
+    backend = gpubp.get_backend("numpy")
+    assert gpubp.get_backend(backend) is backend
+    assert gpubp.MLP([2, 2], backend=backend).backend is backend
+
+
+def test_unknown_backend():
+    with pytest.raises(GpubpValueError, match=r"unknown backend 'tpu'; expected one of \['auto', 'cpu', 'cuda'"):
+        gpubp.get_backend("tpu")
+    with pytest.raises(GpubpTypeError, match="backend must be a name"):
+        gpubp.get_backend(3)
+
+
+def test_status_is_a_reason():
+    usable, reason = gpubp.cupy_status()
+    assert isinstance(usable, bool) and isinstance(reason, str) and reason
+    assert ("cupy" in gpubp.available_backends()) == usable
+    assert gpubp.available_backends()[0] == "numpy"
+
+
+@pytest.mark.skipif(CUPY_USABLE, reason="this machine has a usable CUDA device")
+@pytest.mark.parametrize("name", ["cupy", "gpu", "cuda"])
+def test_cupy_without_device_is_a_clear_error(name):
+    with pytest.raises(BackendUnavailableError, match=f"backend '{name}' is not available: "):
+        gpubp.get_backend(name)
+
+
+@pytest.mark.skipif(CUPY_USABLE, reason="this machine has a usable CUDA device")
+def test_auto_falls_back_to_numpy_and_says_why(caplog):
+    gpubp.backends._log_fallback.cache_clear()
+    with caplog.at_level("INFO", logger="gpubp"):
+        assert gpubp.get_backend("auto").name == "numpy"
+    assert gpubp.cupy_status()[1] in caplog.text
+
+
+def test_import_does_not_initialise_cuda():
+    code = ("import sys, gpubp; net = gpubp.MLP([2, 2], backend='numpy'); "
+            "print('cupy' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_device_arrays_are_accepted(backend, rng):
+    net = gpubp.MLP([3, 4, 2], backend=backend, seed=0)
+    X = rng.normal(size=(5, 3))
+    np.testing.assert_allclose(net.predict(backend.asarray(X)), net.predict(X), rtol=1e-6)

@@ -1,0 +1,61 @@
+"""The gpubp command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.cli import main
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"gpubp {gpubp.__version__}" in out
+    assert f"numpy {np.__version__}" in out
+    assert "backends available: numpy" in out
+    assert gpubp.cupy_status()[1] in out
+
+
+def test_train_synthetic_end_to_end(tmp_path, capsys):
+    model, history = tmp_path / "net.npz", tmp_path / "history.json"
+    code = main(["train", "--samples", "3000", "--epochs", "15", "--backend", "numpy", "--no-progress",
+                 "--save", str(model), "--history", str(history)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "final: loss" in out and "val_accuracy" in out and "train_samples_per_s" in out
+    final_accuracy = float(out.split("val_accuracy ")[1].split(",")[0])
+    assert final_accuracy > 0.95
+    records = json.loads(history.read_text())
+    assert records["epoch"] == list(range(1, 16))
+    assert gpubp.load(model, backend="numpy").sizes == (2, 64, 64, 3)
+
+
+def test_train_shows_progress_bar(capsys):
+    assert main(["train", "--samples", "500", "--epochs", "1", "--backend", "cpu", "--dataset", "xor"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().err
+
+
+def test_train_regression(capsys):
+    assert main(["train", "--dataset", "regression", "--samples", "500", "--epochs", "2", "--no-progress",
+                 "--backend", "numpy", "--optimizer", "sgd", "--lr", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "loss='mse'" in out and "accuracy" not in out
+
+
+def test_user_errors_exit_2_with_message(capsys):
+    assert main(["train", "--backend", "tpu", "--epochs", "1"]) == 2
+    assert "gpubp: error: unknown backend 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--hidden", "64,x"])
+    assert "expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    result = subprocess.run([sys.executable, "-m", "gpubp.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and gpubp.__version__ in result.stdout

@@ -1,0 +1,102 @@
+"""CPU↔GPU parity and GPU resource behaviour. Marked ``gpu``; skipped where no CUDA device is usable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.optim import SGD, Adam, AdamW
+
+from conftest import requires_gpu
+
+pytestmark = [pytest.mark.gpu, requires_gpu]
+
+OPTIMIZERS = {
+    "sgd": lambda: SGD(0.05),
+    "sgd_nesterov_wd": lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: Adam(1e-3, weight_decay=1e-4),
+    "adamw": lambda: AdamW(1e-3),
+}
+
+
+def _pair(dtype, loss="cross_entropy", activation=("gelu", "relu")):
+    kwargs = dict(activation=list(activation), loss=loss, dtype=dtype, seed=7)
+    return (gpubp.MLP([20, 33, 17, 5], backend="numpy", **kwargs),
+            gpubp.MLP([20, 33, 17, 5], backend="cupy", **kwargs))
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 2e-4)])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "bce"])
+def test_loss_and_grads_match_numpy(dtype, rtol, loss):
+    cpu, gpu = _pair(dtype, loss)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(37, 20))
+    Y = rng.integers(0, 5, 37) if loss == "cross_entropy" else rng.uniform(0, 1, (37, 5))
+    loss_cpu, grads_cpu = cpu.loss_and_grads(X, Y)
+    loss_gpu, grads_gpu = gpu.loss_and_grads(X, Y)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=rtol)
+    for a, b in zip(grads_cpu, grads_gpu):
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * np.abs(a).max())
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("steps", [1, 50])
+def test_training_matches_numpy(name, steps):
+    cpu, gpu = _pair("float64")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(64, 20))
+    y = rng.integers(0, 5, 64)
+    opt_cpu, opt_gpu = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    for _ in range(steps):
+        loss_cpu = cpu.train_step(X, y, opt_cpu)
+        loss_gpu = gpu.train_step(X, y, opt_gpu)
+    assert float(loss_gpu) == pytest.approx(float(loss_cpu), rel=1e-9)
+    for a, b in zip(cpu.get_weights(), gpu.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
+
+
+def test_gradcheck_on_gpu_float64():
+    net = gpubp.MLP([6, 9, 7, 4], activation=["silu", "tanh"], loss="cross_entropy", backend="cupy",
+                    dtype="float64", seed=3)
+    rng = np.random.default_rng(2)
+    assert gpubp.gradcheck(net, rng.normal(size=(11, 6)), rng.integers(0, 4, 11)) < 2e-5
+
+
+def test_memory_pool_flat_across_steps():
+    import cupy
+
+    net = gpubp.MLP([256, 512, 512, 10], activation="gelu", loss="cross_entropy", backend="cupy", seed=0)
+    rng = np.random.default_rng(0)
+    X = cupy.asarray(rng.normal(size=(1024, 256)).astype(np.float32))
+    y = cupy.asarray(rng.integers(0, 10, 1024))
+    optimizer = Adam(1e-3)
+    net.train_step(X, y, optimizer)
+    cupy.cuda.get_current_stream().synchronize()
+    pool = cupy.get_default_memory_pool()
+    used = pool.used_bytes()
+    for _ in range(20):
+        net.train_step(X, y, optimizer)
+    cupy.cuda.get_current_stream().synchronize()
+    assert pool.used_bytes() <= used + 64 * 1024  # a few 0-d loss scalars at most, never a workspace
+
+
+def test_train_step_returns_device_scalar_without_sync():
+    import cupy
+
+    net = gpubp.MLP([8, 16, 2], loss="cross_entropy", backend="cupy", seed=0)
+    loss = net.train_step(np.zeros((4, 8)), np.array([0, 1, 0, 1]), SGD(0.1))
+    assert isinstance(loss, cupy.ndarray) and loss.shape == ()
+
+
+def test_auto_picks_cupy():
+    assert gpubp.get_backend("auto").name == "cupy"
+    assert gpubp.MLP([2, 2]).backend.name == "cupy"
+    assert "cupy" in gpubp.available_backends()
+
+
+def test_fit_on_gpu_learns_spirals():
+    X, y = gpubp.data.spirals(2000, seed=1)
+    net = gpubp.MLP([2, 64, 64, 2], activation="relu", loss="cross_entropy", backend="cupy", seed=1)
+    net.fit(X, y, epochs=60, batch_size=64, optimizer=Adam(0.01), progress=False, seed=1)
+    assert net.evaluate(X, y)["accuracy"] >= 0.995
