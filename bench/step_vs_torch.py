@@ -29,9 +29,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Before NumPy loads OpenBLAS: without a short spin, OpenBLAS's idle threads keep
+# the cores busy between GEMMs and slow down whatever runs next, PyTorch included.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 import gpubp  # noqa: E402
 

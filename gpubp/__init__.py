@@ -13,6 +13,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
+# OpenBLAS's worker threads busy-wait for about 0.1 s after every GEMM, taking the
+# cores that gpubp's elementwise threads (and any other library) need in between.
+# A short spin makes them yield. This only takes effect when OpenBLAS is not yet
+# loaded (NumPy not yet imported), and never overrides a value the user has set.
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from . import data, optim
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend

@@ -44,7 +44,8 @@ class Workspace:
     before σ is applied in place, unless σ' needs Z, which is then kept in
     ``z[l]``); ``delta[l]`` holds δ[l]; ``tmp[l]``/``tmp2[l]`` are scratch
     views of layer l's shape; ``rows`` is a ``(2, N, 1)`` scratch for row-wise
-    reductions; ``y`` holds the dense targets and ``labels`` integer labels.
+    reductions; ``ones`` is the vector 1 of BP3's ``1ᵀ·δ``; ``y`` holds the
+    dense targets and ``labels`` integer labels.
     """
 
     def __init__(self, backend: Backend, sizes: Sequence[int], batch: int, dtype: Any,
@@ -64,6 +65,7 @@ class Workspace:
         self.tmp = [None] + [scratch[0, : batch * w].reshape(batch, w) for w in sizes[1:]]
         self.tmp2 = [None] + [scratch[1, : batch * w].reshape(batch, w) for w in sizes[1:]]
         self.rows = backend.empty((2, batch, 1), dtype)
+        self.ones = backend.asarray(np.ones(batch), dtype)
         self._delta: list[Any] | None = None
         self._labels: Any = None
         self._row_index: Any = None
@@ -357,7 +359,7 @@ class MLP:
         for layer in range(last, 0, -1):
             delta = ws.delta[layer]
             be.matmul(ws.a[layer - 1].T, delta, out=self.grad_weights[layer - 1])  # BP4: ∂W = A[l-1]ᵀ·δ[l]
-            be.bias_grad(delta, out=self.grad_biases[layer - 1])  # BP3: ∂b = Σ_rows δ[l]
+            be.bias_grad(delta, ws.ones, out=self.grad_biases[layer - 1])  # BP3: ∂b = Σ_rows δ[l]
             if layer > 1:  # BP2: δ[l-1] = (δ[l]·W[l]ᵀ) ⊙ σ'(Z[l-1])
                 below = layer - 1
                 be.matmul(delta, self.weights[layer - 1].T, out=ws.delta[below])
