@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
-
 from ..errors import BackendUnavailableError, GpubpTypeError, GpubpValueError
 from .base import Backend
 from .numpy_backend import NumpyBackend
@@ -122,8 +120,3 @@ def _cupy_backend() -> Backend:
 @functools.lru_cache(maxsize=None)
 def _log_fallback(reason: str) -> None:
     logger.info("gpubp: backend 'auto' uses NumPy on the CPU: %s", reason)
-
-
-def describe(backend: Any) -> str:
-    """One line naming a backend and its device."""
-    return f"{backend.name} ({backend.device_name()})"
