@@ -34,11 +34,7 @@ def gradcheck(net: MLP, X: Any, Y: Any, *, eps: float = 1e-5, atol: float = 1e-6
     twin.set_weights(net.get_weights())
     _, grads = twin.loss_and_grads(X, Y)
     analytic = np.concatenate([g.ravel() for g in grads])
-    X = twin._check_x(X)
-    is_labels, Y = twin._check_y(Y, X.shape[0])
-    ws = twin._workspace(X.shape[0])
-    twin.backend.copy_into(ws.x, X)
-    twin._load_targets(ws, is_labels, Y)
+    ws = twin._load_batch(X, Y)
 
     def loss_at(index: int, value: float) -> float:
         twin.params[index] = value

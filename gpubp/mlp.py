@@ -322,6 +322,15 @@ class MLP:
             self._workspaces.move_to_end(batch)
         return ws
 
+    def _load_batch(self, X: Any, Y: Any) -> Workspace:
+        """Check one batch and copy it into the workspace of its size (one transfer each for X and Y)."""
+        X = self._check_x(X)
+        is_labels, Y = self._check_y(Y, X.shape[0])
+        ws = self._workspace(X.shape[0])
+        self.backend.copy_into(ws.x, X)
+        self._load_targets(ws, is_labels, Y)
+        return ws
+
     def _load_targets(self, ws: Workspace, is_labels: bool, Y: Any) -> None:
         if is_labels:
             self.backend.copy_into(ws.labels, Y)
@@ -374,12 +383,7 @@ class MLP:
         without waiting; ``float(loss)`` waits for it.
         """
         optimizer = self._check_optimizer(optimizer)
-        X = self._check_x(X)
-        is_labels, Y = self._check_y(Y, X.shape[0])
-        ws = self._workspace(X.shape[0])
-        self.backend.copy_into(ws.x, X)
-        self._load_targets(ws, is_labels, Y)
-        return self._step(ws, optimizer)
+        return self._step(self._load_batch(X, Y), optimizer)
 
     def _step(self, ws: Workspace, optimizer: Optimizer) -> Any:
         self._forward(ws)
@@ -390,11 +394,7 @@ class MLP:
 
     def loss_and_grads(self, X: Any, Y: Any) -> tuple[float, list[np.ndarray]]:
         """The loss and its gradients (NumPy, in :meth:`get_weights` order), without updating anything."""
-        X = self._check_x(X)
-        is_labels, Y = self._check_y(Y, X.shape[0])
-        ws = self._workspace(X.shape[0])
-        self.backend.copy_into(ws.x, X)
-        self._load_targets(ws, is_labels, Y)
+        ws = self._load_batch(X, Y)
         self._forward(ws)
         loss = self._loss(ws)
         self._backward(ws)
