@@ -479,8 +479,8 @@ class MLP:
             self._check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
 
         be = self.backend
-        x_all = be.asarray(X, self.dtype)
-        y_all = be.asarray(Y, np.int64 if is_labels else self.dtype)
+        x_all = _on_device(be, X, self.dtype)
+        y_all = _on_device(be, Y, np.int64 if is_labels else self.dtype)
         rng = np.random.default_rng(seed)
         history = History()
         n_batches = -(-n // batch_size)
@@ -523,6 +523,13 @@ class MLP:
         from .io import save
 
         save(self, path)
+
+
+def _on_device(backend: Backend, array: Any, dtype: Any) -> Any:
+    """``array`` on the backend's device with ``dtype``; copied only when it is not already."""
+    if backend.is_device_array(array) and array.dtype == dtype:
+        return array
+    return backend.asarray(array, dtype)
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
