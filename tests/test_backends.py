@@ -66,3 +66,34 @@ def test_device_arrays_are_accepted(backend, rng):
     net = gpubp.MLP([3, 4, 2], backend=backend, seed=0)
     X = rng.normal(size=(5, 3))
     np.testing.assert_allclose(net.predict(backend.asarray(X)), net.predict(X), rtol=1e-6)
+
+
+def test_numpy_backend_splits_large_elementwise_work_exactly(rng):
+    """Large arrays go through the thread pool in row blocks; results equal the one-thread reference bit for bit."""
+    from gpubp.activations import ACTIVATIONS
+    from gpubp.backends.numpy_backend import PARALLEL_MIN_ELEMENTS, NumpyBackend
+
+    one, three = NumpyBackend(threads=1), NumpyBackend(threads=3)
+    rows, width = 2 * PARALLEL_MIN_ELEMENTS // 64 + 7, 64
+    z = rng.normal(0, 3, (rows, width)).astype(np.float32)
+    for activation in ACTIVATIONS.values():
+        results = []
+        for backend in (one, three):
+            a, tmp, tmp2 = (np.empty_like(z) for _ in range(3))
+            delta = np.ones_like(z)
+            backend.activation_forward(activation, z, a, tmp)
+            backend.activation_backward(activation, delta, z if activation.needs_z else None, a, tmp, tmp2)
+            results.append((a, delta))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+    size = PARALLEL_MIN_ELEMENTS * 2 + 3
+    params, grads = rng.normal(size=size).astype(np.float32), rng.normal(size=size).astype(np.float32)
+    for make in (lambda: gpubp.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                 lambda: gpubp.optim.AdamW(1e-2), lambda: gpubp.optim.Adam(1e-2, weight_decay=0.1)):
+        updated = []
+        for backend in (one, three):
+            p, optimizer = params.copy(), make()
+            for _ in range(3):
+                optimizer.update(backend, p, grads)
+            updated.append(p)
+        np.testing.assert_array_equal(updated[0], updated[1])
