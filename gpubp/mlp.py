@@ -386,19 +386,22 @@ class MLP:
         return self._step(self._load_batch(X, Y), optimizer)
 
     def _step(self, ws: Workspace, optimizer: Optimizer) -> Any:
-        self._forward(ws)
-        loss = self._loss(ws)
-        self._backward(ws)
+        loss = self._loss_and_grads(ws)
         optimizer.update(self.backend, self.params, self.grads)
         return loss
 
     def loss_and_grads(self, X: Any, Y: Any) -> tuple[float, list[np.ndarray]]:
         """The loss and its gradients (NumPy, in :meth:`get_weights` order), without updating anything."""
         ws = self._load_batch(X, Y)
+        loss = self._loss_and_grads(ws)
+        return float(loss), self._split(self.backend.to_host(self.grads))
+
+    def _loss_and_grads(self, ws: Workspace) -> Any:
+        """Forward, loss and backward on a loaded workspace: the loss (0-d), gradients in ``self.grads``."""
         self._forward(ws)
         loss = self._loss(ws)
         self._backward(ws)
-        return float(loss), self._split(self.backend.to_host(self.grads))
+        return loss
 
     def forward(self, X: Any, batch_size: int | None = None) -> Any:
         """The network's output for ``X`` as a backend array (probabilities for cross_entropy/bce)."""
@@ -422,6 +425,10 @@ class MLP:
         X = self._check_x(X)
         is_labels, Y = self._check_y(Y, X.shape[0])
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else _PREDICT_BATCH
+        return self._evaluate(X, is_labels, Y, batch_size)
+
+    def _evaluate(self, X: Any, is_labels: bool, Y: Any, batch_size: int) -> dict[str, float]:
+        """:meth:`evaluate` on inputs that are already checked."""
         n = X.shape[0]
         total_loss: Any = 0.0
         correct: Any = 0
@@ -476,7 +483,7 @@ class MLP:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise GpubpTypeError("validation_data must be a pair (X_val, Y_val)")
             x_val = self._check_x(validation_data[0], "validation_data[0]")
-            self._check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
+            val_is_labels, y_val = self._check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
 
         be = self.backend
         x_all = _on_device(be, X, self.dtype)
@@ -508,7 +515,7 @@ class MLP:
             if self.loss.classification:
                 record["accuracy"] = float(correct) / self._accuracy_denominator(n)
             if validation_data is not None:
-                for key, value in self.evaluate(*validation_data).items():
+                for key, value in self._evaluate(x_val, val_is_labels, y_val, _PREDICT_BATCH).items():
                     record[f"val_{key}"] = value
             record["time"] = time.perf_counter() - started
             record["samples_per_s"] = n / record["time"]
