@@ -22,3 +22,7 @@ class GpubpTypeError(GpubpError, TypeError):
 
 class BackendUnavailableError(GpubpError, RuntimeError):
     """A backend was asked for by name and cannot run on this machine."""
+
+
+class KernelCompileError(GpubpError, RuntimeError):
+    """A CUDA kernel source in ``kernels/`` failed to compile; the message carries the compiler log."""

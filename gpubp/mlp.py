@@ -344,11 +344,10 @@ class MLP:
         for layer, activation in enumerate(self._activations, start=1):
             z, a = ws.output_z(layer), ws.a[layer]
             be.matmul(ws.a[layer - 1], self.weights[layer - 1], out=z)
-            be.add_bias(z, self.biases[layer - 1])
-            if activation is None:
-                be.loss_output(self.loss, z, a, ws.tmp[layer], ws.rows)
+            if activation is None:  # the softmax/sigmoid a loss fuses
+                be.bias_loss_output(self.loss, z, self.biases[layer - 1], a, ws.tmp[layer], ws.rows)
             else:
-                be.activation_forward(activation, z, a, ws.tmp[layer])
+                be.bias_activation_forward(activation, z, self.biases[layer - 1], a, ws.tmp[layer])
         return ws.a[-1]
 
     def _loss(self, ws: Workspace) -> Any:

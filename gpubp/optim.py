@@ -131,11 +131,12 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def update(self, backend: Any, params: Any, grads: Any) -> None:
-        names = ("velocity", "scratch") if self.momentum else ("scratch",)
-        buffers = self._buffers(backend, params, names)
-        velocity = buffers[0] if self.momentum else None
+        names = ("velocity",) if self.momentum else ()
+        if backend.needs_optimizer_scratch:
+            names += ("scratch",)
+        buffers = dict(zip(names, self._buffers(backend, params, names)))
         self.steps += 1
-        backend.sgd_update(params, grads, velocity, buffers[-1], lr=self.lr, momentum=self.momentum,
+        backend.sgd_update(params, grads, buffers.get("velocity"), buffers.get("scratch"), lr=self.lr, momentum=self.momentum,
                            nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
@@ -158,12 +159,13 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
 
     def update(self, backend: Any, params: Any, grads: Any) -> None:
-        names = ("m", "v", "scratch") + (("scratch2",) if self.weight_decay and not self.decoupled else ())
-        buffers = self._buffers(backend, params, names)
-        m, v, scratch = buffers[:3]
-        scratch2 = buffers[3] if len(buffers) == 4 else None
+        names: tuple[str, ...] = ("m", "v")
+        if backend.needs_optimizer_scratch:
+            names += ("scratch",) + (("scratch2",) if self.weight_decay and not self.decoupled else ())
+        buffers = dict(zip(names, self._buffers(backend, params, names)))
         self.steps += 1
-        backend.adam_update(params, grads, m, v, scratch, scratch2, step=self.steps, lr=self.lr,
+        backend.adam_update(params, grads, buffers["m"], buffers["v"], buffers.get("scratch"),
+                            buffers.get("scratch2"), step=self.steps, lr=self.lr,
                             beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
                             weight_decay=self.weight_decay, decoupled=self.decoupled)
 

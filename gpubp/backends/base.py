@@ -24,6 +24,8 @@ class Backend:
 
     name = "base"
     is_gpu = False
+    needs_optimizer_scratch = True
+    """Whether the optimizer updates need scratch buffers the size of the parameters (fused ones do not)."""
 
     def __init__(self, xp: Any):
         self.xp = xp
@@ -90,6 +92,16 @@ class Backend:
         self.xp.matmul(ones, delta, out=out)
 
     # --- activations and losses ---------------------------------------------------------------
+    def bias_activation_forward(self, activation: Activation, z: Any, b: Any, a: Any, tmp: Any) -> None:
+        """``z += b`` then ``a = σ(z)``: the rest of a layer's forward pass after its GEMM."""
+        self.add_bias(z, b)
+        self.activation_forward(activation, z, a, tmp)
+
+    def bias_loss_output(self, loss: Loss, z: Any, b: Any, a: Any, tmp: Any, rows: Any) -> None:
+        """``z += b`` then the probabilities of a loss that fuses its output activation (softmax, sigmoid)."""
+        self.add_bias(z, b)
+        self.loss_output(loss, z, a, tmp, rows)
+
     def activation_forward(self, activation: Activation, z: Any, a: Any, tmp: Any) -> None:
         """``a = σ(z)``; ``a`` may be ``z`` itself when σ' does not need ``z``."""
         activation.forward(self.xp, z, a, tmp)

@@ -1,0 +1,263 @@
+"""The CUDA kernels of ``kernels/*.cu``: where their sources are, what they instantiate, how they launch.
+
+Three pieces, kept apart so that each can be tested without a GPU:
+
+* **Sources.** :func:`kernel_dir` finds the ``.cu`` files: inside the installed
+  package (the wheel copies the top-level ``kernels/`` to ``gpubp/kernels/``)
+  or in the source tree. :func:`read_source` returns one file with its local
+  ``#include "…"`` lines replaced by the included text, so the compiler gets a
+  single self-contained string (and CuPy's compile cache, keyed on that
+  string, sees every change to a header).
+* **Instantiations.** :data:`KERNELS` lists, per file, every template
+  instantiation gpubp launches, as the C++ name expressions NVRTC is given
+  (``gpubp::act_backward<float, gpubp::Relu>``). This list is the single
+  source of truth: the CUDA module compiles exactly these, and the CI test
+  compiles exactly these for sm_90.
+* **Launches.** :class:`FusedOps` turns a network operation into a kernel
+  launch — grid and block sizes, the argument tuple with scalars in the
+  element type — through any *function provider* ``get(file, name)`` that
+  returns ``callable(grid, block, args)``. :class:`CudaModules` is the
+  provider on a GPU (``cupy.RawModule``, compiled lazily on first use and
+  cached per device); the test suite plugs in a provider that runs the same
+  kernels on the host.
+
+Nothing here imports CuPy at module import time.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import KernelCompileError
+
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+"""The element types the kernels are instantiated for, NumPy dtype → C++ type."""
+
+ACTIVATION_FUNCTORS = {
+    "sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "leaky_relu": "LeakyRelu", "gelu": "GeluTanh",
+    "silu": "Silu", "softplus": "Softplus", "elu": "Elu", "identity": "Identity",
+}
+"""gpubp activation name → its functor in ``kernels/common.cuh``."""
+
+POINTWISE_LOSSES = {"mse": "Mse", "l1": "L1", "huber": "Huber"}
+"""gpubp loss name → its functor in ``kernels/loss.cu`` (the losses without a fused output activation)."""
+
+
+def _instantiations() -> dict[str, list[str]]:
+    kernels: dict[str, list[str]] = {"activation.cu": [], "loss.cu": [], "reduce.cu": [], "optim.cu": []}
+    for ctype in CTYPES.values():
+        for functor in ACTIVATION_FUNCTORS.values():
+            kernels["activation.cu"].append(f"gpubp::bias_act_forward<{ctype}, gpubp::{functor}>")
+            kernels["activation.cu"].append(f"gpubp::act_backward<{ctype}, gpubp::{functor}>")
+        for name in ("bias_softmax", "softmax_xent", "bce", "one_hot"):
+            kernels["loss.cu"].append(f"gpubp::{name}<{ctype}>")
+        for functor in POINTWISE_LOSSES.values():
+            kernels["loss.cu"].append(f"gpubp::pointwise_loss<{ctype}, gpubp::{functor}>")
+        kernels["reduce.cu"] += [f"gpubp::column_partials<{ctype}>", f"gpubp::column_total<{ctype}>"]
+        kernels["optim.cu"] += [f"gpubp::sgd_step<{ctype}>", f"gpubp::adam_step<{ctype}>"]
+    return kernels
+
+
+KERNELS: dict[str, list[str]] = _instantiations()
+"""Per ``.cu`` file, the name expression of every kernel instantiation gpubp launches."""
+
+COMPILE_OPTIONS = ("--std=c++17",)
+
+
+# --- sources ------------------------------------------------------------------------------------------
+def kernel_dir() -> Path:
+    """The directory holding the ``.cu`` sources: the installed package's, else the source tree's."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "kernels", package.parent / "kernels"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise KernelCompileError(
+        f"the CUDA kernel sources were not found in {package / 'kernels'} (installed wheel) nor in "
+        f"{package.parent / 'kernels'} (source tree); reinstall gpubp"
+    )
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+def read_source(name: str, directory: Path | None = None) -> str:
+    """The text of ``kernels/<name>`` with its local includes inlined (each file once)."""
+    directory = directory or kernel_dir()
+    seen: set[str] = set()
+
+    def expand(filename: str) -> str:
+        if filename in seen:
+            return ""
+        seen.add(filename)
+        text = (directory / filename).read_text(encoding="utf-8")
+        return _INCLUDE.sub(lambda match: expand(match.group(1)), text)
+
+    return expand(name)
+
+
+def file_of(name_expression: str) -> str:
+    """The ``.cu`` file that defines a kernel instantiation."""
+    for filename, names in KERNELS.items():
+        if name_expression in names:
+            return filename
+    raise KeyError(f"no kernel instantiation {name_expression!r} in {sorted(KERNELS)}")
+
+
+# --- the GPU provider ---------------------------------------------------------------------------------
+class CudaModules:
+    """``cupy.RawModule`` per (device, file), compiled on first use with every instantiation of the file."""
+
+    def __init__(self) -> None:
+        self._modules: dict[tuple[int, str], Any] = {}
+        self._functions: dict[tuple[int, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, filename: str, name_expression: str) -> Callable[..., None]:
+        import cupy
+
+        device = cupy.cuda.runtime.getDevice()
+        key = (device, name_expression)
+        function = self._functions.get(key)
+        if function is None:
+            with self._lock:
+                module = self._modules.get((device, filename))
+                if module is None:
+                    module = cupy.RawModule(code=read_source(filename), options=COMPILE_OPTIONS,
+                                            name_expressions=KERNELS[filename])
+                    self._modules[(device, filename)] = module
+                try:
+                    function = module.get_function(name_expression)
+                except cupy.cuda.compiler.CompileException as error:
+                    del self._modules[(device, filename)]
+                    raise KernelCompileError(
+                        f"kernels/{filename} failed to compile for device {device} "
+                        f"(NVRTC options {' '.join(COMPILE_OPTIONS)}):\n{error}"
+                    ) from error
+                self._functions[key] = function
+        return function
+
+
+# --- launches -----------------------------------------------------------------------------------------
+BLOCK = 256
+"""Threads per block of the elementwise kernels."""
+
+
+class FusedOps:
+    """Launches the fused kernels on arrays of one array module, through a function provider.
+
+    ``max_blocks`` caps the grid of the grid-stride kernels (enough blocks to
+    fill the device; each thread then loops). Arrays must be C-contiguous
+    (every workspace and parameter buffer is); a violation is a bug in gpubp
+    and raises ``AssertionError``.
+    """
+
+    def __init__(self, provider: Any, max_blocks: int) -> None:
+        self.provider = provider
+        self.max_blocks = max(1, int(max_blocks))
+
+    def _function(self, dtype: Any, template: str, functor: str | None = None) -> Callable[..., None]:
+        ctype = CTYPES[np.dtype(dtype)]
+        args = f"{ctype}, gpubp::{functor}" if functor else ctype
+        name = f"gpubp::{template}<{args}>"
+        return self.provider.get(file_of(name), name)
+
+    def _grid(self, n: int) -> int:
+        return min((n + BLOCK - 1) // BLOCK, self.max_blocks)
+
+    def _launch(self, n: int, function: Callable[..., None], args: tuple[Any, ...]) -> None:
+        for arg in args:
+            assert not hasattr(arg, "flags") or arg.flags.c_contiguous, "fused kernels need contiguous arrays"
+        if n > 0:
+            function((self._grid(n),), (BLOCK,), args)
+
+    # activations --------------------------------------------------------------------------------------
+    def bias_act_forward(self, activation: str, z: Any, b: Any, a: Any) -> None:
+        """``z += b`` (kept only when ``z is not a``) and ``a = σ(z)``, one pass."""
+        rows, cols = z.shape
+        function = self._function(z.dtype, "bias_act_forward", ACTIVATION_FUNCTORS[activation])
+        self._launch(rows * cols, function, (b, z, a, np.int64(rows), np.int64(cols)))
+
+    def act_backward(self, activation: str, delta: Any, z: Any, a: Any) -> None:
+        """``delta ← delta ⊙ σ'(z or a)`` in place, one pass."""
+        function = self._function(delta.dtype, "act_backward", ACTIVATION_FUNCTORS[activation])
+        self._launch(delta.size, function, (delta, a if z is None else z, a, np.int64(delta.size)))
+
+    # output layer and losses --------------------------------------------------------------------------
+    def bias_softmax(self, z: Any, b: Any, p: Any, row_max: Any, row_sum: Any) -> None:
+        """``z += b``, ``p = softmax(z)``; row maxima and sums of exp(z − max) into ``row_max``/``row_sum``."""
+        rows, cols = z.shape
+        function = self._function(z.dtype, "bias_softmax")
+        self._launch(rows, function, (b, z, p, row_max, row_sum, np.int64(rows), np.int64(cols)))
+
+    def softmax_xent(self, z: Any, p: Any, y: Any, delta: Any, row_max: Any, row_sum: Any,
+                     row_loss: Any) -> None:
+        """Cross entropy per row into ``row_loss``, ``delta = (p − y)/N``."""
+        rows, cols = z.shape
+        scalar = z.dtype.type
+        function = self._function(z.dtype, "softmax_xent")
+        self._launch(rows, function, (z, p, y, delta, row_max, row_sum, row_loss, np.int64(rows),
+                                      np.int64(cols), scalar(1.0 / max(rows, 1))))
+
+    def bce(self, z: Any, a: Any, y: Any, delta: Any, elem: Any) -> None:
+        """``elem = softplus(z) − y·z``, ``delta = (a − y)/M``."""
+        scalar = z.dtype.type
+        function = self._function(z.dtype, "bce")
+        self._launch(z.size, function, (z, a, y, delta, elem, np.int64(z.size), scalar(1.0 / max(z.size, 1))))
+
+    def pointwise_loss(self, loss: str, a: Any, y: Any, delta: Any, elem: Any) -> None:
+        """``elem`` = the loss of each element, ``delta`` = ∂L/∂a (mse, l1, huber; mean reduction)."""
+        scalar = a.dtype.type
+        function = self._function(a.dtype, "pointwise_loss", POINTWISE_LOSSES[loss])
+        self._launch(a.size, function, (a, y, delta, elem, np.int64(a.size), scalar(1.0 / max(a.size, 1))))
+
+    def one_hot(self, labels: Any, out: Any) -> None:
+        rows, cols = out.shape
+        function = self._function(out.dtype, "one_hot")
+        self._launch(out.size, function, (labels, out, np.int64(rows), np.int64(cols)))
+
+    # BP3 ----------------------------------------------------------------------------------------------
+    def column_sum_plan(self, rows: int, cols: int) -> tuple[int, int]:
+        """(chunks, rows per chunk) for :meth:`column_sums`: enough chunks to fill the grid, ≥ 32 rows each."""
+        wanted = min(max(1, (self.max_blocks * BLOCK) // max(cols, 1)), 8 * 65535)  # grid.y ≤ 65535
+        chunks = max(1, min(wanted, rows // 32))
+        chunk_rows = max(1, -(-rows // chunks))
+        return -(-rows // chunk_rows) if rows else 1, chunk_rows
+
+    def column_sums(self, x: Any, out: Any, partials: Any) -> None:
+        """``out[c] = Σ_n x[n, c]`` in a fixed order; ``partials`` is ``(chunks, cols)`` from the plan."""
+        rows, cols = x.shape
+        chunks, chunk_rows = self.column_sum_plan(rows, cols)
+        if cols == 0:
+            return
+        target = out if chunks == 1 else partials
+        first = self._function(x.dtype, "column_partials")
+        first(((cols + 31) // 32, (chunks + 7) // 8), (32, 8),
+              (x, target, np.int64(rows), np.int64(cols), np.int64(chunk_rows), np.int64(chunks)))
+        if chunks > 1:
+            self._launch(cols, self._function(x.dtype, "column_total"),
+                         (partials, out, np.int64(chunks), np.int64(cols)))
+
+    # optimizers ---------------------------------------------------------------------------------------
+    def sgd_step(self, params: Any, grads: Any, velocity: Any, *, lr: float, momentum: float,
+                 nesterov: bool, weight_decay: float) -> None:
+        scalar = params.dtype.type
+        function = self._function(params.dtype, "sgd_step")
+        self._launch(params.size, function, (
+            params, grads, params if velocity is None else velocity, np.int64(params.size), scalar(lr),
+            scalar(momentum), scalar(lr * momentum), scalar(weight_decay), np.int32(bool(nesterov))))
+
+    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, *, step: int, lr: float, beta1: float,
+                  beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+        scalar = params.dtype.type
+        bias_correction1 = 1.0 - beta1**step
+        inv_bias_correction2_sqrt = 1.0 / np.sqrt(1.0 - beta2**step)
+        function = self._function(params.dtype, "adam_step")
+        self._launch(params.size, function, (
+            params, grads, m, v, np.int64(params.size), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
+            scalar(inv_bias_correction2_sqrt), scalar(eps), scalar(lr / bias_correction1),
+            scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled))))
