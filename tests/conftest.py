@@ -12,12 +12,28 @@ requires_gpu = pytest.mark.skipif(not CUPY_USABLE, reason=f"no usable CUDA devic
 
 
 def _backend_params() -> list:
-    return ["numpy", pytest.param("cupy", marks=[pytest.mark.gpu, requires_gpu])]
+    return ["numpy", "fused-host", pytest.param("cupy", marks=[pytest.mark.gpu, requires_gpu])]
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory: pytest.TempPathFactory):
+    """gpubp's CUDA kernels built for the host with g++ (see kernel_host.py); skipped without a C++ compiler."""
+    import kernel_host
+
+    if kernel_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++) to build the kernels for the host")
+    return kernel_host.HostKernels(kernel_host.build(tmp_path_factory.mktemp("host_kernels")))
 
 
 @pytest.fixture(params=_backend_params())
 def backend(request: pytest.FixtureRequest) -> gpubp.backends.Backend:
-    """Each available backend in turn (the CuPy one is marked ``gpu`` and skipped without a device)."""
+    """Each backend in turn: NumPy; NumPy with the fused kernels run on the host
+    (``fused-host``: the CuPy backend's operations, checked without a GPU); CuPy
+    (marked ``gpu``, skipped without a device)."""
+    if request.param == "fused-host":
+        import kernel_host
+
+        return kernel_host.HostFusedBackend(request.getfixturevalue("host_kernels"))
     return gpubp.get_backend(request.param)
 
 

@@ -37,6 +37,11 @@ from ._kernels import ACTIVATION_FUNCTORS, POINTWISE_LOSSES, FusedOps
 
 BIAS_GRAD_METHODS = ("gemv", "kernel")
 
+_BUILTIN_ACTIVATIONS = {name: ACTIVATIONS[name] for name in ACTIVATION_FUNCTORS}
+_BUILTIN_LOSSES = dict(LOSSES)
+"""The activations and losses the kernels implement, as defined when gpubp was imported: an object
+with the same name but other functions (built by a user, or patched into the registry) is not them."""
+
 
 class FusedKernels:
     """Mixin: put it before a :class:`~gpubp.backends.base.Backend` subclass and set ``self.ops``."""
@@ -53,11 +58,11 @@ class FusedKernels:
 
     @staticmethod
     def _kernel_activation(activation: Activation) -> bool:
-        return ACTIVATIONS.get(activation.name) is activation and activation.name in ACTIVATION_FUNCTORS
+        return _BUILTIN_ACTIVATIONS.get(activation.name) is activation
 
     @staticmethod
     def _kernel_loss(loss: Loss) -> bool:
-        return LOSSES.get(loss.name) is loss
+        return _BUILTIN_LOSSES.get(loss.name) is loss
 
     # --- forward ------------------------------------------------------------------------------------
     def add_bias(self, z: Any, b: Any) -> None:
