@@ -100,3 +100,82 @@ def test_fit_on_gpu_learns_spirals():
     net = gpubp.MLP([2, 64, 64, 2], activation="relu", loss="cross_entropy", backend="cupy", seed=1)
     net.fit(X, y, epochs=60, batch_size=64, optimizer=Adam(0.01), progress=False, seed=1)
     assert net.evaluate(X, y)["accuracy"] >= 0.995
+
+
+def test_every_kernel_instantiation_compiles_and_loads_on_the_device():
+    from gpubp.backends._kernels import KERNELS, CudaModules
+
+    modules = CudaModules()
+    for filename, names in KERNELS.items():
+        for name in names:
+            assert modules.get(filename, name) is not None
+
+
+@pytest.mark.parametrize("activation", sorted(gpubp.ACTIVATIONS))
+@pytest.mark.parametrize("loss", ["mse", "bce", "cross_entropy", "huber", "l1"])
+def test_one_step_of_every_activation_and_loss_matches_numpy(activation, loss):
+    from conftest import targets_for
+
+    kwargs = dict(activation=activation, loss=loss, dtype="float64", seed=5)
+    cpu = gpubp.MLP([9, 17, 6], backend="numpy", **kwargs)
+    gpu = gpubp.MLP([9, 17, 6], backend="cupy", **kwargs)
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(29, 9)), targets_for(loss, 29, 6, rng)
+    (loss_cpu, grads_cpu), (loss_gpu, grads_gpu) = cpu.loss_and_grads(X, Y), gpu.loss_and_grads(X, Y)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=1e-11)
+    for a, b in zip(grads_cpu, grads_gpu):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_float32_training_with_kernel_bias_grad_tracks_numpy(name):
+    from gpubp.backends.cupy_backend import CupyBackend
+
+    kwargs = dict(activation=["gelu", "relu"], loss="cross_entropy", dtype="float32", seed=7)
+    cpu = gpubp.MLP([20, 33, 17, 5], backend="numpy", **kwargs)
+    gpu = gpubp.MLP([20, 33, 17, 5], backend=CupyBackend(bias_grad="kernel"), **kwargs)
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(300, 20)), rng.integers(0, 5, 300)
+    opt_cpu, opt_gpu = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    for _ in range(20):
+        loss_cpu, loss_gpu = cpu.train_step(X, y, opt_cpu), gpu.train_step(X, y, opt_gpu)
+    assert float(loss_gpu) == pytest.approx(float(loss_cpu), rel=1e-3)
+    for a, b in zip(cpu.get_weights(), gpu.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_training_step_never_synchronises_with_the_host():
+    """Inside a step (what ``fit`` runs per batch once data is on the device) nothing waits for the GPU."""
+    import cupy
+    import cupyx
+
+    if not hasattr(cupyx, "allow_synchronize"):  # deprecated since CuPy 10; gone in some release
+        pytest.skip(f"cupyx.allow_synchronize is not in CuPy {cupy.__version__}")
+    net = gpubp.MLP([32, 64, 10], activation="gelu", loss="cross_entropy", backend="cupy", seed=0)
+    rng = np.random.default_rng(0)
+    X = cupy.asarray(rng.normal(size=(128, 32)).astype(np.float32))
+    y = cupy.asarray(rng.integers(0, 10, 128))
+    optimizer = AdamW(1e-3)
+    ws = net._load_batch(X, y)
+    net._step(ws, optimizer)
+    with cupyx.allow_synchronize(False):
+        for _ in range(3):
+            net._step(ws, optimizer)
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def test_kernel_bias_grad_is_deterministic_and_pool_flat():
+    import cupy
+
+    from gpubp.backends.cupy_backend import CupyBackend
+
+    be = CupyBackend(bias_grad="kernel")
+    delta = cupy.asarray(np.random.default_rng(0).normal(size=(65536, 64)).astype(np.float32))
+    out1, out2 = cupy.empty(64, np.float32), cupy.empty(64, np.float32)
+    be.bias_grad(delta, None, out1)
+    used = cupy.get_default_memory_pool().used_bytes()
+    be.bias_grad(delta, None, out2)
+    assert cupy.get_default_memory_pool().used_bytes() == used  # partials allocated once per shape
+    np.testing.assert_array_equal(cupy.asnumpy(out1), cupy.asnumpy(out2))
+    np.testing.assert_allclose(cupy.asnumpy(out1), cupy.asnumpy(delta).astype(np.float64).sum(0), rtol=1e-4,
+                               atol=1e-3)

@@ -125,15 +125,15 @@ class CudaModules:
         function = self._functions.get(key)
         if function is None:
             with self._lock:
-                module = self._modules.get((device, filename))
-                if module is None:
-                    module = cupy.RawModule(code=read_source(filename), options=COMPILE_OPTIONS,
-                                            name_expressions=KERNELS[filename])
-                    self._modules[(device, filename)] = module
-                try:
+                try:  # CuPy compiles on the first get_function (NVRTC), caching the binary on disk
+                    module = self._modules.get((device, filename))
+                    if module is None:
+                        module = cupy.RawModule(code=read_source(filename), options=COMPILE_OPTIONS,
+                                                name_expressions=KERNELS[filename])
+                        self._modules[(device, filename)] = module
                     function = module.get_function(name_expression)
                 except cupy.cuda.compiler.CompileException as error:
-                    del self._modules[(device, filename)]
+                    self._modules.pop((device, filename), None)
                     raise KernelCompileError(
                         f"kernels/{filename} failed to compile for device {device} "
                         f"(NVRTC options {' '.join(COMPILE_OPTIONS)}):\n{error}"
