@@ -38,9 +38,33 @@ def _info(args: argparse.Namespace) -> int:
         backend = get_backend("cupy")
         free, total = backend.memory_info()  # type: ignore[attr-defined]
         lines.append(f"device: {backend.device_name()}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)")
+    lines.append(_kernel_line(usable))
     lines.append(f"auto picks: {get_backend('auto').name}")
     print("\n".join(lines))
     return 0
+
+
+def _kernel_line(compile_them: bool) -> str:
+    """Where the CUDA sources are; on a usable GPU, whether every kernel compiles and loads there."""
+    from .backends import _kernels
+    from .errors import GpubpError
+
+    try:
+        directory = _kernels.kernel_dir()
+    except GpubpError as error:
+        return f"fused kernels: {error}"
+    count = sum(len(names) for names in _kernels.KERNELS.values())
+    line = f"fused kernels: {len(_kernels.KERNELS)} sources in {directory}, {count} instantiations"
+    if compile_them:
+        modules = _kernels.CudaModules()
+        try:
+            for filename, names in _kernels.KERNELS.items():
+                for name in names:
+                    modules.get(filename, name)
+        except GpubpError as error:
+            return f"{line}; FAILED to compile on this device: {error}"
+        line += "; all compiled and loaded on this device"
+    return line
 
 
 def _parse_widths(text: str) -> list[int]:

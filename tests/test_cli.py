@@ -20,6 +20,10 @@ def test_info(capsys):
     assert f"numpy {np.__version__}" in out
     assert "backends available: numpy" in out
     assert gpubp.cupy_status()[1] in out
+    from gpubp.backends._kernels import KERNELS
+
+    count = sum(len(names) for names in KERNELS.values())
+    assert f"fused kernels: {len(KERNELS)} sources in" in out and f"{count} instantiations" in out
 
 
 def test_train_synthetic_end_to_end(tmp_path, capsys):
