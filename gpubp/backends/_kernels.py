@@ -100,12 +100,15 @@ def read_source(name: str, directory: Path | None = None) -> str:
     return expand(name)
 
 
+_FILE_OF = {name: filename for filename, names in KERNELS.items() for name in names}
+
+
 def file_of(name_expression: str) -> str:
     """The ``.cu`` file that defines a kernel instantiation."""
-    for filename, names in KERNELS.items():
-        if name_expression in names:
-            return filename
-    raise KeyError(f"no kernel instantiation {name_expression!r} in {sorted(KERNELS)}")
+    try:
+        return _FILE_OF[name_expression]
+    except KeyError:
+        raise KeyError(f"no kernel instantiation {name_expression!r} in {sorted(KERNELS)}") from None
 
 
 # --- the GPU provider ---------------------------------------------------------------------------------
@@ -159,12 +162,17 @@ class FusedOps:
     def __init__(self, provider: Any, max_blocks: int) -> None:
         self.provider = provider
         self.max_blocks = max(1, int(max_blocks))
+        self._functions: dict[tuple[Any, str, str | None], Callable[..., None]] = {}
 
     def _function(self, dtype: Any, template: str, functor: str | None = None) -> Callable[..., None]:
-        ctype = CTYPES[np.dtype(dtype)]
-        args = f"{ctype}, gpubp::{functor}" if functor else ctype
-        name = f"gpubp::{template}<{args}>"
-        return self.provider.get(file_of(name), name)
+        key = (dtype, template, functor)
+        function = self._functions.get(key)
+        if function is None:  # first launch of this instantiation (per FusedOps): look it up once
+            ctype = CTYPES[np.dtype(dtype)]
+            args = f"{ctype}, gpubp::{functor}" if functor else ctype
+            name = f"gpubp::{template}<{args}>"
+            function = self._functions[key] = self.provider.get(file_of(name), name)
+        return function
 
     def _grid(self, n: int) -> int:
         return min((n + BLOCK - 1) // BLOCK, self.max_blocks)
