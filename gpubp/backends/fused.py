@@ -4,18 +4,22 @@
 :class:`~gpubp.backends.base.Backend` with one kernel launch each (through a
 :class:`~gpubp.backends._kernels.FusedOps`):
 
-====================================  ============================================  ==============
-operation                             kernel                                        passes before
-====================================  ============================================  ==============
-``bias_activation_forward``           ``bias_act_forward<T, σ>``: z += b, a = σ(z)   2–8
-``activation_backward``               ``act_backward<T, σ>``: δ ← δ ⊙ σ'             2–12
-``bias_loss_output`` (softmax)        ``bias_softmax<T>``                           6
-``bias_loss_output`` (sigmoid)        ``bias_act_forward<T, Sigmoid>``              5
-``loss_value_and_delta``              ``softmax_xent`` / ``bce`` / ``pointwise_loss`` 4–7
-``bias_grad`` (``"kernel"``)          ``column_partials`` + ``column_total``        GEMV
-``one_hot``                           ``one_hot<T>``                                2
-``sgd_update`` / ``adam_update``      ``sgd_step<T>`` / ``adam_step<T>``            4–16
-====================================  ============================================  ==============
+====================================  ==============================================  =========
+operation                             kernel (one launch)                               reference
+====================================  ==============================================  =========
+``bias_activation_forward``           ``bias_act_forward<T, σ>``: z += b, a = σ(z)      2–9
+``activation_backward``               ``act_backward<T, σ>``: δ ← δ ⊙ σ'                2–17
+``bias_loss_output`` (softmax)        ``bias_softmax<T>``                               6
+``bias_loss_output`` (sigmoid)        ``bias_act_forward<T, Sigmoid>``                  5
+``loss_value_and_delta``              ``softmax_xent`` / ``bce`` / ``pointwise_loss``   3–10
+                                      (+ one sum of the per-row/per-element losses)
+``bias_grad`` (``"kernel"``)          ``column_partials`` + ``column_total``            1 GEMV
+``one_hot``                           ``one_hot<T>``                                    2
+``sgd_update`` / ``adam_update``      ``sgd_step<T>`` / ``adam_step<T>``                2–8 / 13–15
+====================================  ==============================================  =========
+
+The last column counts the passes over memory (ufunc calls) of the reference
+operation in :class:`~gpubp.backends.base.Backend` that the kernel replaces.
 
 An activation or loss the kernels do not know (one a user built from
 :class:`~gpubp.activations.Activation` themselves) falls back to the
