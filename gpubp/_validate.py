@@ -35,6 +35,15 @@ def unit_interval(name: str, value: Any) -> float:
     return value
 
 
+def fraction(name: str, value: Any) -> float:
+    """A number in [0, 1) (a share of the data to hold out)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise GpubpTypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0 <= float(value) < 1:
+        raise GpubpValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
 def positive_int(name: str, value: Any) -> int:
     """Return ``value`` as an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -26,3 +26,11 @@ class BackendUnavailableError(GpubpError, RuntimeError):
 
 class KernelCompileError(GpubpError, RuntimeError):
     """A CUDA kernel source in ``kernels/`` failed to compile; the message carries the compiler log."""
+
+
+class DatasetNotFoundError(GpubpError, FileNotFoundError):
+    """A dataset's files are not where gpubp looked; the message says where it looked and how to get them."""
+
+
+class DatasetFormatError(GpubpError, ValueError):
+    """A dataset file is corrupt, truncated or not in the format its name promises."""

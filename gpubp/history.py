@@ -9,13 +9,19 @@ class History:
     """Per-epoch metrics: ``history["loss"]`` is the list of epoch losses.
 
     Keys present depend on the run: ``loss``, ``accuracy`` (classification),
-    ``val_loss``/``val_accuracy`` (with validation data), ``time`` (seconds
-    per epoch) and ``samples_per_s``.
+    ``val_loss``/``val_accuracy`` (with validation data), ``lr`` (the
+    learning rate of the epoch), ``time`` (seconds per epoch) and ``samples_per_s``.
     """
 
     def __init__(self) -> None:
         self.epochs: list[int] = []
         self.records: list[dict[str, float]] = []
+        self.monitor: str | None = None
+        """The metric ``fit`` judged epochs by (``val_loss`` with validation data, else ``loss``)."""
+        self.best_epoch: int | None = None
+        """The epoch with the best ``monitor`` value."""
+        self.stopped_epoch: int | None = None
+        """The epoch early stopping ended training after, or None when it ran all epochs."""
 
     def append(self, epoch: int, record: dict[str, float]) -> None:
         self.epochs.append(epoch)
@@ -33,8 +39,9 @@ class History:
         return list(self.records[0]) if self.records else []
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"epoch": [...], "loss": [...], ...}``, ready for JSON."""
-        return {"epoch": list(self.epochs), **{key: self[key] for key in self.keys()}}
+        """``{"epoch": [...], "loss": [...], ..., "best_epoch": …, "stopped_epoch": …}``, ready for JSON."""
+        return {"epoch": list(self.epochs), **{key: self[key] for key in self.keys()},
+                "monitor": self.monitor, "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
 
     def __repr__(self) -> str:
         if not self.records:

@@ -458,7 +458,9 @@ class MLP:
 
     def fit(self, X: Any, Y: Any, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, progress: bool = True,
-            seed: int | None = None) -> History:
+            seed: int | None = None, *, validation_split: float = 0.0, lr_schedule: Any = None,
+            early_stopping: int | None = None, monitor: str | None = None, min_delta: float = 0.0,
+            restore_best: bool = True) -> History:
         """Train by minibatch gradient descent; returns the per-epoch :class:`~gpubp.history.History`.
 
         The training set is moved to the device once; each epoch draws a
@@ -467,62 +469,134 @@ class MLP:
         ``Adam(lr=1e-3)``. The loss and accuracy of an epoch are averages over
         its batches, taken as the weights changed; validation metrics are
         computed at the end of each epoch.
+
+        Parameters beyond the data and the loop:
+
+        validation_data, validation_split:
+            A held-out pair ``(X_val, Y_val)``, or the fraction of ``(X, Y)``
+            to hold out (a random subset drawn with ``seed``; not both).
+        lr_schedule:
+            ``"constant"``, ``"step"``, ``"cosine"``, a
+            :class:`gpubp.schedules.Schedule` or ``function(epoch) -> lr``; the
+            rate is set per epoch, recorded as ``"lr"``, and the optimizer's own
+            rate is put back at the end.
+        early_stopping, monitor, min_delta, restore_best:
+            Stop after ``early_stopping`` epochs in a row without improving
+            ``monitor`` (default ``"val_loss"`` with validation data, else
+            ``"loss"``; lower is better for losses, higher for accuracies) by
+            more than ``min_delta``. With ``restore_best`` the weights of the
+            best epoch are put back when training ends (``history.best_epoch``).
         """
+        from .schedules import checked_lr, get_schedule
+
         epochs = check.positive_int("epochs", epochs)
         batch_size = check.positive_int("batch_size", batch_size)
         optimizer = self._check_optimizer(optimizer if optimizer is not None else Adam())
         check.seed("seed", seed)
-        for flag_name, flag in (("shuffle", shuffle), ("progress", progress)):
+        for flag_name, flag in (("shuffle", shuffle), ("progress", progress), ("restore_best", restore_best)):
             if not isinstance(flag, bool):
                 raise GpubpTypeError(f"{flag_name} must be True or False, got {flag!r}")
+        schedule = get_schedule(lr_schedule, epochs)
+        validation_split = check.fraction("validation_split", validation_split)
+        if early_stopping is not None:
+            early_stopping = check.positive_int("early_stopping", early_stopping)
+        min_delta = check.positive_float("min_delta", min_delta, allow_zero=True)
         X = self._check_x(X)
-        n = X.shape[0]
-        is_labels, Y = self._check_y(Y, n)
+        is_labels, Y = self._check_y(Y, X.shape[0])
+        rng = np.random.default_rng(seed)
+        if validation_split:
+            if validation_data is not None:
+                raise GpubpValueError("give validation_data or validation_split, not both")
+            n_val = int(round(X.shape[0] * validation_split))
+            if not 1 <= n_val < X.shape[0]:
+                raise GpubpValueError(f"validation_split={validation_split} of {X.shape[0]} samples leaves "
+                                      f"{n_val} for validation and {X.shape[0] - n_val} for training; "
+                                      "both need at least one")
+            held_out = rng.permutation(X.shape[0])
+            xp = self.backend.xp if self.backend.is_device_array(X) else np
+            val_index, train_index = (xp.asarray(held_out[:n_val]), xp.asarray(np.sort(held_out[n_val:])))
+            validation_data = (X[val_index], Y[val_index])
+            X, Y = X[train_index], Y[train_index]
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise GpubpTypeError("validation_data must be a pair (X_val, Y_val)")
             x_val = self._check_x(validation_data[0], "validation_data[0]")
             val_is_labels, y_val = self._check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
+        monitor = self._check_monitor(monitor, validation_data is not None)
+        n = X.shape[0]
 
         be = self.backend
         x_all = _on_device(be, X, self.dtype)
         y_all = _on_device(be, Y, np.int64 if is_labels else self.dtype)
-        rng = np.random.default_rng(seed)
         history = History()
         n_batches = -(-n // batch_size)
-        for epoch in range(1, epochs + 1):
-            started = time.perf_counter()
-            order = be.asarray(rng.permutation(n) if shuffle else np.arange(n))
-            total_loss: Any = 0.0
-            correct: Any = 0
-            bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
-            for start in range(0, n, batch_size):
-                index = order[start:start + batch_size]
-                ws = self._workspace(int(index.shape[0]))
-                be.take_rows(x_all, index, out=ws.x)
-                if is_labels:
-                    be.take_rows(y_all, index, out=ws.labels)
-                    ws.labels_to_targets()
-                else:
-                    be.take_rows(y_all, index, out=ws.y)
-                total_loss = total_loss + self._step(ws, optimizer) * ws.batch
+        base_lr = optimizer.lr
+        best_value, best_weights, waited = None, None, 0
+        try:
+            for epoch in range(1, epochs + 1):
+                started = time.perf_counter()
+                optimizer.lr = checked_lr(schedule, epoch, base_lr, epochs)
+                order = be.asarray(rng.permutation(n) if shuffle else np.arange(n))
+                total_loss: Any = 0.0
+                correct: Any = 0
+                bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
+                for start in range(0, n, batch_size):
+                    index = order[start:start + batch_size]
+                    ws = self._workspace(int(index.shape[0]))
+                    be.take_rows(x_all, index, out=ws.x)
+                    if is_labels:
+                        be.take_rows(y_all, index, out=ws.labels)
+                        ws.labels_to_targets()
+                    else:
+                        be.take_rows(y_all, index, out=ws.y)
+                    total_loss = total_loss + self._step(ws, optimizer) * ws.batch
+                    if self.loss.classification:
+                        correct = correct + self._count_correct(ws)
+                    if bar is not None:
+                        bar.update(1)
+                record: dict[str, float] = {"loss": float(total_loss) / n}
                 if self.loss.classification:
-                    correct = correct + self._count_correct(ws)
+                    record["accuracy"] = float(correct) / self._accuracy_denominator(n)
+                if validation_data is not None:
+                    for key, value in self._evaluate(x_val, val_is_labels, y_val, _PREDICT_BATCH).items():
+                        record[f"val_{key}"] = value
+                record["lr"] = optimizer.lr
+                record["time"] = time.perf_counter() - started
+                record["samples_per_s"] = n / record["time"]
+                history.append(epoch, record)
                 if bar is not None:
-                    bar.update(1)
-            record: dict[str, float] = {"loss": float(total_loss) / n}
-            if self.loss.classification:
-                record["accuracy"] = float(correct) / self._accuracy_denominator(n)
-            if validation_data is not None:
-                for key, value in self._evaluate(x_val, val_is_labels, y_val, _PREDICT_BATCH).items():
-                    record[f"val_{key}"] = value
-            record["time"] = time.perf_counter() - started
-            record["samples_per_s"] = n / record["time"]
-            history.append(epoch, record)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("time", "samples_per_s")})
-                bar.close()
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("time", "samples_per_s")})
+                    bar.close()
+                value = record[monitor]
+                higher_is_better = "accuracy" in monitor
+                improved = best_value is None or (value - best_value > min_delta if higher_is_better
+                                                  else best_value - value > min_delta)
+                if improved:
+                    best_value, waited, history.best_epoch = value, 0, epoch
+                    if early_stopping is not None and restore_best:
+                        if best_weights is None:
+                            best_weights = be.empty(self.params.shape, self.params.dtype)
+                        be.copy_into(best_weights, self.params)
+                else:
+                    waited += 1
+                    if early_stopping is not None and waited >= early_stopping:
+                        history.stopped_epoch = epoch
+                        break
+        finally:
+            optimizer.lr = base_lr
+        if best_weights is not None and history.best_epoch != len(history):
+            be.copy_into(self.params, best_weights)
+        history.monitor = monitor
         return history
+
+    def _check_monitor(self, monitor: str | None, has_validation: bool) -> str:
+        options = ["loss"] + (["accuracy"] if self.loss.classification else [])
+        options += [f"val_{key}" for key in options] if has_validation else []
+        if monitor is None:
+            return "val_loss" if has_validation else "loss"
+        if monitor not in options:
+            raise GpubpValueError(f"monitor must be one of {options} for this run, got {monitor!r}")
+        return monitor
 
     def save(self, path: Any) -> None:
         """Write architecture and weights to ``path`` (``.npz`` with JSON metadata; atomic)."""

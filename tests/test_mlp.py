@@ -168,7 +168,7 @@ def test_fit_history_and_validation(backend):
     history = net.fit(X[:500], y[:500], epochs=3, batch_size=64, validation_data=(X[500:], y[500:]),
                       progress=False)
     assert len(history) == 3 and history.epochs == [1, 2, 3]
-    assert set(history.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy", "time", "samples_per_s"}
+    assert set(history.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "time", "samples_per_s"}
     assert history["val_loss"][-1] == pytest.approx(net.evaluate(X[500:], y[500:])["loss"], rel=1e-6)
     assert all(t > 0 for t in history["time"])
     assert history.as_dict()["epoch"] == [1, 2, 3]
