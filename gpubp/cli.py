@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import __version__, data, optim
+from . import __version__, data, datasets, optim
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend
-from .errors import GpubpError
+from .errors import GpubpError, GpubpValueError
 from .mlp import MLP
 
 
@@ -77,45 +77,90 @@ def _parse_widths(text: str) -> list[int]:
     return widths
 
 
-def _train(args: argparse.Namespace) -> int:
-    task = "spirals" if args.dataset == "synthetic" else args.dataset
-    if task == "regression":
-        X, y = data.regression(args.samples, seed=args.seed)
-        loss = "mse"
-    elif task == "xor":
-        X, y = data.xor(args.samples, seed=args.seed)
-        loss = "cross_entropy"
-    else:
-        X, y = data.spirals(args.samples, n_classes=args.classes, seed=args.seed)
-        loss = "cross_entropy"
+def _load_task(args: argparse.Namespace) -> dict:
+    """The data of a run: train/validation (and test, for real data) splits, the loss, defaults."""
     rng = np.random.default_rng(args.seed)
+    test = None
+    if args.dataset == "fashion-mnist":
+        (X, y), test = datasets.load_fashion_mnist(args.data_dir)
+        task = {"loss": "cross_entropy", "hidden": [256, 128], "lr": 1e-3,
+                "name": f"Fashion-MNIST from {datasets.fashion_mnist_dir(args.data_dir)}"}
+    else:
+        name = "spirals" if args.dataset == "synthetic" else args.dataset
+        if name == "regression":
+            X, y = data.regression(args.samples, seed=args.seed)
+        elif name == "xor":
+            X, y = data.xor(args.samples, seed=args.seed)
+        else:
+            X, y = data.spirals(args.samples, n_classes=args.classes, seed=args.seed)
+        task = {"loss": "mse" if name == "regression" else "cross_entropy", "hidden": [64, 64], "lr": 1e-2,
+                "name": name}
     order = rng.permutation(len(X))
-    n_val = max(1, int(len(X) * args.validation))
+    n_val = int(round(len(X) * args.validation))
     val, train = order[:n_val], order[n_val:]
-    outputs = y.shape[1] if y.ndim == 2 else int(y.max()) + 1
-    net = MLP([X.shape[1], *args.hidden, outputs], activation=args.activation, loss=loss, backend=args.backend,
-              dtype=args.dtype, seed=args.seed)
-    optimizer_class = optim.OPTIMIZERS[args.optimizer]
-    optimizer = optimizer_class(args.lr, momentum=args.momentum) if args.optimizer == "sgd" else optimizer_class(args.lr)
+    task.update(train=(X[train], y[train]), validation=(X[val], y[val]) if n_val else None, test=test,
+                outputs=y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    return task
+
+
+def _optimizer(args: argparse.Namespace, lr: float) -> optim.Optimizer:
+    if args.optimizer == "sgd":
+        return optim.SGD(lr, momentum=args.momentum, weight_decay=args.weight_decay or 0.0)
+    if args.optimizer == "adamw":
+        return optim.AdamW(lr, weight_decay=args.weight_decay if args.weight_decay is not None else 1e-2)
+    return optim.Adam(lr, weight_decay=args.weight_decay or 0.0)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if not 0 <= args.validation < 1:
+        raise GpubpValueError(f"--validation must be in [0, 1), got {args.validation}")
+    if args.early_stopping and args.validation == 0:
+        raise GpubpValueError("--early-stopping watches the validation loss; it needs --validation > 0")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise GpubpValueError(f"--plot must name a .png file, got {args.plot!r}")
+    task = _load_task(args)
+    X, y = task["train"]
+    hidden = args.hidden if args.hidden is not None else task["hidden"]
+    net = MLP([X.shape[1], *hidden, task["outputs"]], activation=args.activation, loss=task["loss"],
+              backend=args.backend, dtype=args.dtype, seed=args.seed)
+    optimizer = _optimizer(args, args.lr if args.lr is not None else task["lr"])
+    n_val = 0 if task["validation"] is None else len(task["validation"][0])
+    n_test = 0 if task["test"] is None else len(task["test"][0])
     print(f"gpubp {__version__}: {net}")
-    print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task}, "
-          f"{len(train)} training and {len(val)} validation samples; optimizer: {optimizer}")
+    print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: {len(X)} training, "
+          f"{n_val} validation" + (f", {n_test} test" if n_test else "") + " samples")
+    print(f"optimizer: {optimizer}; lr schedule: {args.lr_schedule}; batch size {args.batch_size}; "
+          f"{args.epochs} epochs" + (f", early stopping after {args.early_stopping}" if args.early_stopping else ""))
     started = time.perf_counter()
-    history = net.fit(X[train], y[train], epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
-                      validation_data=(X[val], y[val]), progress=not args.no_progress, seed=args.seed)
+    history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
+                      validation_data=task["validation"], progress=not args.no_progress, seed=args.seed,
+                      lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None)
     wall = time.perf_counter() - started
-    final = history.records[-1]
-    summary = {key: value for key, value in final.items() if key not in ("time",)}
-    summary["epochs"] = len(history)
+    if args.no_progress:
+        for epoch, record in zip(history.epochs, history.records):
+            print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+    final = dict(history.records[-1])
+    final.pop("time")
+    summary: dict[str, float] = {**final, "epochs": len(history)}
+    if history.stopped_epoch is not None:
+        summary["best_epoch"] = history.best_epoch or 0
+    if task["test"] is not None:
+        for key, value in net.evaluate(*task["test"]).items():
+            summary[f"test_{key}"] = value
+    summary["train_samples_per_s"] = len(X) * len(history) / sum(history["time"])
     summary["wall_s"] = wall
-    summary["train_samples_per_s"] = len(train) * len(history) / sum(history["time"])
     print("final: " + ", ".join(f"{key} {value:.4g}" for key, value in summary.items()))
     if args.save:
         net.save(args.save)
         print(f"saved to {args.save}")
     if args.history:
         with open(args.history, "w", encoding="utf-8") as handle:
-            json.dump(history.as_dict(), handle, indent=1)
+            json.dump({**history.as_dict(), "summary": summary}, handle, indent=1)
+    if args.plot:
+        from .plot import plot_history
+
+        title = f"{task['name'].split(' from ')[0]}: {net.sizes}, {args.activation}, {optimizer}"
+        print(f"learning curves written to {plot_history(history, args.plot, title=title)}")
     return 0
 
 
@@ -128,25 +173,40 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, backends, and why CuPy is or is not usable")
     info.set_defaults(run=_info)
 
-    train = commands.add_parser("train", help="train an MLP on a built-in synthetic task")
-    train.add_argument("--dataset", choices=["synthetic", "spirals", "xor", "regression"], default="synthetic",
-                       help="built-in task ('synthetic' is spirals); default: %(default)s")
-    train.add_argument("--samples", type=int, default=20000, help="samples generated; default: %(default)s")
+    train = commands.add_parser("train", help="train an MLP on Fashion-MNIST or a built-in synthetic task")
+    train.add_argument("--dataset", choices=["fashion-mnist", "synthetic", "spirals", "xor", "regression"],
+                       default="synthetic", help="'fashion-mnist' reads the IDX files (see --data-dir); "
+                       "'synthetic' is spirals; default: %(default)s")
+    train.add_argument("--data-dir", metavar="DIR", help="directory of the Fashion-MNIST files; default: "
+                       "$GPUBP_DATA, then /usr/share/datasets/fashion-mnist")
+    train.add_argument("--samples", type=int, default=20000, help="synthetic samples generated; default: %(default)s")
     train.add_argument("--classes", type=int, default=3, help="spiral arms (classes); default: %(default)s")
-    train.add_argument("--validation", type=float, default=0.1, help="validation fraction; default: %(default)s")
-    train.add_argument("--hidden", type=_parse_widths, default=[64, 64], help="hidden widths; default: 64,64")
+    train.add_argument("--validation", type=float, default=0.1,
+                       help="fraction of the training data held out for validation; default: %(default)s")
+    train.add_argument("--hidden", type=_parse_widths, default=None,
+                       help="hidden widths; default: 256,128 for fashion-mnist, 64,64 otherwise")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="default: %(default)s")
     train.add_argument("--optimizer", choices=sorted(optim.OPTIMIZERS), default="adam", help="default: %(default)s")
-    train.add_argument("--lr", type=float, default=1e-2, help="learning rate; default: %(default)s")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate; default: 0.001 for fashion-mnist, 0.01 otherwise")
+    train.add_argument("--lr-schedule", choices=["constant", "step", "cosine"], default="constant",
+                       help="per-epoch learning rate: constant, step (x0.1 every third of the run), cosine; "
+                       "default: %(default)s")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum; default: %(default)s")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="weight decay (L2 for sgd/adam, decoupled for adamw); default: 0, 0.01 for adamw")
     train.add_argument("--epochs", type=int, default=30, help="default: %(default)s")
+    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better validation loss and keep the best "
+                       "weights; 0: off (default)")
     train.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
     train.add_argument("--backend", default="auto", help="auto, numpy/cpu or cupy/gpu; default: %(default)s")
     train.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     train.add_argument("--save", metavar="PATH", help="save the trained network (.npz)")
-    train.add_argument("--history", metavar="PATH", help="write the per-epoch history as JSON")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--history", metavar="PATH", help="write the per-epoch history and the summary as JSON")
+    train.add_argument("--plot", metavar="PATH", help="write the learning curves as a PNG (needs matplotlib)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar; one line per epoch instead")
     train.set_defaults(run=_train)
     return parser
 

@@ -34,3 +34,7 @@ class DatasetNotFoundError(GpubpError, FileNotFoundError):
 
 class DatasetFormatError(GpubpError, ValueError):
     """A dataset file is corrupt, truncated or not in the format its name promises."""
+
+
+class OptionalDependencyError(GpubpError, ImportError):
+    """A feature needs a package that is an optional extra of gpubp; the message says which to install."""
