@@ -23,7 +23,7 @@ import sys as _sys
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import data, optim
+from . import data, datasets, optim, schedules
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend
 from .errors import BackendUnavailableError, GpubpError, GpubpTypeError, GpubpValueError
@@ -46,8 +46,10 @@ __all__ = [
     "available_backends",
     "cupy_status",
     "data",
+    "datasets",
     "get_backend",
     "gradcheck",
     "load",
     "optim",
+    "schedules",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,40 @@ def test_user_errors_exit_2_with_message(capsys):
 def test_console_script_entry_point():
     result = subprocess.run([sys.executable, "-m", "gpubp.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and gpubp.__version__ in result.stdout
+
+
+def test_train_fashion_mnist_from_a_data_dir(tmp_path, capsys):
+    """End to end on a small set of IDX files written here: test accuracy, history JSON, plot."""
+    from test_datasets import _fake_fashion_mnist
+
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (gpubp[plot], in gpubp[test])")
+    _fake_fashion_mnist(tmp_path / "fm", n_train=200, n_test=50)
+    history, plot = tmp_path / "h.json", tmp_path / "curves.png"
+    code = main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "fm"), "--epochs", "3",
+                 "--hidden", "16", "--backend", "numpy", "--no-progress", "--lr-schedule", "cosine",
+                 "--early-stopping", "5", "--history", str(history), "--plot", str(plot)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST from" in out and "180 training, 20 validation, 50 test samples" in out
+    final = next(line for line in out.splitlines() if line.startswith("final: "))
+    assert "test_accuracy" in final and "wall_s" in final and "train_samples_per_s" in final
+    records = json.loads(history.read_text())
+    assert len(records["lr"]) == 3 and records["lr"][0] > records["lr"][2]
+    assert "test_accuracy" in records["summary"]
+    assert plot.read_bytes()[:4] == b"\x89PNG" and f"learning curves written to {plot}" in out
+
+
+def test_train_fashion_mnist_without_data_explains(tmp_path, capsys):
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST not found" in err and "apt-get install dataset-fashion-mnist" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--validation", "1.5"], r"--validation must be in \[0, 1\)"),
+    (["--validation", "0", "--early-stopping", "2"], "--early-stopping watches the validation loss"),
+    (["--plot", "curves.pdf"], "--plot must name a .png file"),
+])
+def test_train_option_errors(argv, message, capsys):
+    assert main(["train", "--epochs", "1", "--backend", "numpy", *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
