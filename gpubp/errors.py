@@ -38,3 +38,7 @@ class DatasetFormatError(GpubpError, ValueError):
 
 class OptionalDependencyError(GpubpError, ImportError):
     """A feature needs a package that is an optional extra of gpubp; the message says which to install."""
+
+
+class DivergenceError(GpubpError, FloatingPointError):
+    """Training produced NaN or Inf; the message names the step and where the values first appeared."""

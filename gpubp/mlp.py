@@ -26,7 +26,7 @@ import numpy as np
 from . import _validate as check
 from .activations import Activation, get_activation
 from .backends import Backend, get_backend
-from .errors import GpubpTypeError, GpubpValueError
+from .errors import DivergenceError, GpubpTypeError, GpubpValueError
 from .history import History
 from .init import SCHEMES, init_weights
 from .losses import Loss, get_loss
@@ -379,15 +379,47 @@ class MLP:
         """One gradient-descent step on the batch ``(X, Y)``; returns the loss as a 0-d backend array.
 
         The loss is returned before any host synchronisation, so GPU steps queue
-        without waiting; ``float(loss)`` waits for it.
+        without waiting; ``float(loss)`` waits for it. Unlike :meth:`fit`, a
+        single step has no divergence guard: check the returned loss.
         """
         optimizer = self._check_optimizer(optimizer)
-        return self._step(self._load_batch(X, Y), optimizer)
+        return self._step(self._load_batch(X, Y), optimizer)[0]
 
-    def _step(self, ws: Workspace, optimizer: Optimizer) -> Any:
+    def _step(self, ws: Workspace, optimizer: Optimizer, guard: Any = None) -> tuple[Any, Any]:
+        """One step on a loaded workspace: (loss, the guard's skip flag or None)."""
         loss = self._loss_and_grads(ws)
-        optimizer.update(self.backend, self.params, self.grads)
-        return loss
+        flag = guard.flag(loss) if guard is not None else None
+        optimizer.update(self.backend, self.params, self.grads, skip=flag)
+        return loss, flag
+
+    def _diagnose_nonfinite(self, ws: Workspace) -> str:
+        """Run the step on ``ws`` again and say where the first NaN/Inf appears (host syncs; failure path only)."""
+        be = self.backend
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._find_nonfinite(ws)
+
+    def _find_nonfinite(self, ws: Workspace) -> str:
+        be = self.backend
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases), start=1):
+            if not (be.all_finite(w) and be.all_finite(b)):
+                return f"the weights of layer {layer} (already non-finite before this step)"
+        self._forward(ws)
+        for layer in range(1, self.n_layers + 1):
+            if not be.all_finite(ws.a[layer]) or (ws.z[layer] is not None and not be.all_finite(ws.z[layer])):
+                name = self.activations[layer - 1] if layer < self.n_layers else self.output_activation
+                return (f"the forward pass of layer {layer} of {self.n_layers} "
+                        f"(Z = A·W + b, A = {name}(Z))")
+        loss = self._loss(ws)
+        if not be.all_finite(loss):
+            return f"the loss ({self.loss.name}; the network's outputs were finite)"
+        self._backward(ws)
+        for layer in range(self.n_layers, 0, -1):
+            if not be.all_finite(ws.delta[layer]):
+                return f"the backward pass at layer {layer} of {self.n_layers} (δ)"
+        for layer in range(1, self.n_layers + 1):
+            if not (be.all_finite(self.grad_weights[layer - 1]) and be.all_finite(self.grad_biases[layer - 1])):
+                return f"the gradient of layer {layer} of {self.n_layers}"
+        return "no single place on re-running the step (the values were finite the second time)"
 
     def loss_and_grads(self, X: Any, Y: Any) -> tuple[float, list[np.ndarray]]:
         """The loss and its gradients (NumPy, in :meth:`get_weights` order), without updating anything."""
@@ -460,7 +492,7 @@ class MLP:
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, progress: bool = True,
             seed: int | None = None, *, validation_split: float = 0.0, lr_schedule: Any = None,
             early_stopping: int | None = None, monitor: str | None = None, min_delta: float = 0.0,
-            restore_best: bool = True) -> History:
+            restore_best: bool = True, on_nonfinite: str = "raise", check_every: int | None = None) -> History:
         """Train by minibatch gradient descent; returns the per-epoch :class:`~gpubp.history.History`.
 
         The training set is moved to the device once; each epoch draws a
@@ -486,7 +518,17 @@ class MLP:
             ``"loss"``; lower is better for losses, higher for accuracies) by
             more than ``min_delta``. With ``restore_best`` the weights of the
             best epoch are put back when training ends (``history.best_epoch``).
+        on_nonfinite, check_every:
+            What to do when the loss or a gradient is NaN or Inf (see
+            :mod:`gpubp.guard`): ``"raise"`` a
+            :class:`~gpubp.errors.DivergenceError` naming the step and the first
+            layer where it appeared, with the weights left as they were before
+            that step; or ``"skip_step"``: skip such steps and count them
+            (``skipped_steps``). The flags are read every ``check_every`` steps
+            (default: every step on the CPU, every 32 on a GPU) and at each
+            epoch's end; no update with a non-finite gradient is ever applied.
         """
+        from .guard import Guard
         from .schedules import checked_lr, get_schedule
 
         epochs = check.positive_int("epochs", epochs)
@@ -523,6 +565,9 @@ class MLP:
             x_val = self._check_x(validation_data[0], "validation_data[0]")
             val_is_labels, y_val = self._check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
         monitor = self._check_monitor(monitor, validation_data is not None)
+        if check_every is not None:
+            check_every = check.positive_int("check_every", check_every)
+        guard = Guard(self, on_nonfinite, check_every)
         n = X.shape[0]
 
         be = self.backend
@@ -532,16 +577,16 @@ class MLP:
         n_batches = -(-n // batch_size)
         base_lr = optimizer.lr
         best_value, best_weights, waited = None, None, 0
+        skipping = guard.mode == "skip_step"
+        step = 0
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
                 optimizer.lr = checked_lr(schedule, epoch, base_lr, epochs)
                 order = be.asarray(rng.permutation(n) if shuffle else np.arange(n))
-                total_loss: Any = 0.0
-                correct: Any = 0
-                bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
-                for start in range(0, n, batch_size):
-                    index = order[start:start + batch_size]
+
+                def load(batch: int) -> Workspace:
+                    index = order[batch * batch_size:(batch + 1) * batch_size]
                     ws = self._workspace(int(index.shape[0]))
                     be.take_rows(x_all, index, out=ws.x)
                     if is_labels:
@@ -549,14 +594,29 @@ class MLP:
                         ws.labels_to_targets()
                     else:
                         be.take_rows(y_all, index, out=ws.y)
-                    total_loss = total_loss + self._step(ws, optimizer) * ws.batch
-                    if self.loss.classification:
-                        correct = correct + self._count_correct(ws)
+                    return ws
+
+                bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
+                try:  # overflow is the guard's business: it reports it, NumPy's warnings would only be noise
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        step, total_loss, correct, used, skipped = self._train_epoch(
+                            epoch, step, n_batches, load, optimizer, guard, bar)
+                except BaseException:
                     if bar is not None:
-                        bar.update(1)
-                record: dict[str, float] = {"loss": float(total_loss) / n}
+                        bar.close()
+                    raise
+                n_used = int(used)
+                if n_used == 0:
+                    raise DivergenceError(
+                        f"training diverged: every step of epoch {epoch} had NaN or Inf in its loss or gradients "
+                        f"and was skipped; the weights are those after step {step - n_batches}. Lower the "
+                        f"learning rate (it was {optimizer.lr:g})."
+                    )
+                record: dict[str, float] = {"loss": float(total_loss) / n_used}
                 if self.loss.classification:
-                    record["accuracy"] = float(correct) / self._accuracy_denominator(n)
+                    record["accuracy"] = float(correct) / self._accuracy_denominator(n_used)
+                if skipping:
+                    record["skipped_steps"] = skipped
                 if validation_data is not None:
                     for key, value in self._evaluate(x_val, val_is_labels, y_val, _PREDICT_BATCH).items():
                         record[f"val_{key}"] = value
@@ -588,6 +648,39 @@ class MLP:
             be.copy_into(self.params, best_weights)
         history.monitor = monitor
         return history
+
+    def _train_epoch(self, epoch: int, step: int, n_batches: int, load: Any, optimizer: Optimizer, guard: Any,
+                     bar: Any) -> tuple[int, Any, Any, Any, int]:
+        """The steps of one epoch: (global step after it, Σ loss·batch, Σ correct, samples used, steps skipped).
+
+        The sums stay backend arrays (no host synchronisation); with
+        ``skip_step`` the skipped steps are left out of them on the device.
+        """
+        xp = self.backend.xp
+        skipping = guard.mode == "skip_step"
+        total_loss: Any = 0.0
+        correct: Any = 0
+        used: Any = 0
+        skipped = 0
+        for batch in range(n_batches):
+            ws = load(batch)
+            step += 1
+            loss, flag = self._step(ws, optimizer, guard)
+            batch_correct = self._count_correct(ws) if self.loss.classification else 0
+            if skipping:
+                keep = flag[0] == 0
+                total_loss = total_loss + xp.where(keep, loss * ws.batch, 0.0)
+                correct = correct + xp.where(keep, batch_correct, 0)
+                used = used + xp.where(keep, ws.batch, 0)
+            else:
+                total_loss = total_loss + loss * ws.batch
+                correct = correct + batch_correct
+                used = used + ws.batch
+            if guard.record(step, epoch, batch) or batch == n_batches - 1:
+                skipped += guard.check(optimizer, load)
+            if bar is not None:
+                bar.update(1)
+        return step, total_loss, correct, used, skipped
 
     def _check_monitor(self, monitor: str | None, has_validation: bool) -> str:
         options = ["loss"] + (["accuracy"] if self.loss.classification else [])

@@ -100,8 +100,20 @@ class Optimizer:
                 self.state[name] = backend.zeros(params.shape, params.dtype)
         return [self.state[name] for name in names]
 
-    def update(self, backend: Any, params: Any, grads: Any) -> None:
-        """Apply one step to ``params`` in place, given ``grads`` (both flat backend arrays)."""
+    def update(self, backend: Any, params: Any, grads: Any, skip: Any = None) -> None:
+        """Apply one step to ``params`` in place, given ``grads`` (both flat backend arrays).
+
+        ``skip`` is an optional 1-element int32 flag (the divergence guard's):
+        when it is set the step does nothing. On the host it is read before the
+        step is counted; on a GPU the kernel reads it, the step is counted, and
+        the guard takes the count back when it reads the flags.
+        """
+        if skip is not None and not backend.is_gpu and skip[0]:
+            return
+        self.steps += 1
+        self._update(backend, params, grads, skip)
+
+    def _update(self, backend: Any, params: Any, grads: Any, skip: Any) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -130,13 +142,12 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
-    def update(self, backend: Any, params: Any, grads: Any) -> None:
+    def _update(self, backend: Any, params: Any, grads: Any, skip: Any) -> None:
         names = ("velocity",) if self.momentum else ()
         if backend.needs_optimizer_scratch:
             names += ("scratch",)
         buffers = dict(zip(names, self._buffers(backend, params, names)))
-        self.steps += 1
-        backend.sgd_update(params, grads, buffers.get("velocity"), buffers.get("scratch"), lr=self.lr, momentum=self.momentum,
+        backend.sgd_update(params, grads, buffers.get("velocity"), buffers.get("scratch"), skip=skip, lr=self.lr, momentum=self.momentum,
                            nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
@@ -158,14 +169,13 @@ class Adam(Optimizer):
     def hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def update(self, backend: Any, params: Any, grads: Any) -> None:
+    def _update(self, backend: Any, params: Any, grads: Any, skip: Any) -> None:
         names: tuple[str, ...] = ("m", "v")
         if backend.needs_optimizer_scratch:
             names += ("scratch",) + (("scratch2",) if self.weight_decay and not self.decoupled else ())
         buffers = dict(zip(names, self._buffers(backend, params, names)))
-        self.steps += 1
         backend.adam_update(params, grads, buffers["m"], buffers["v"], buffers.get("scratch"),
-                            buffers.get("scratch2"), step=self.steps, lr=self.lr,
+                            buffers.get("scratch2"), skip=skip, step=self.steps, lr=self.lr,
                             beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
                             weight_decay=self.weight_decay, decoupled=self.decoupled)
 

@@ -29,6 +29,10 @@ __device__ __forceinline__ double gp_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float gp_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double gp_abs(double x) { return fabs(x); }
 
+// finite: neither NaN nor +-Inf (every comparison with a NaN is false)
+__device__ __forceinline__ bool gp_finite(float x) { return fabsf(x) <= 3.402823466e+38f; }
+__device__ __forceinline__ bool gp_finite(double x) { return fabs(x) <= 1.7976931348623157e+308; }
+
 // max(x, 0) and min(x, 0) that keep a NaN (as NumPy's maximum/minimum do), so a diverging
 // run shows up as NaN downstream instead of being clamped away.
 template <class T> __device__ __forceinline__ T gp_relu(T x) { return x <= T(0) ? T(0) : x; }

@@ -9,6 +9,10 @@
 //                momentum:  v = mu v + g;  theta -= lr g + lr mu v   (Nesterov)
 //                                          theta -= lr v             (heavy ball)
 //                none:      theta -= lr g
+// Both take `skip`, a device flag: when *skip != 0 the step does nothing (the divergence guard
+// sets it when the loss or a gradient is not finite, so a bad step never reaches the weights
+// and no host synchronisation is needed to decide).
+//
 // adam_step<T>   AdamW: theta *= 1 - lr wd   (decoupled);  Adam: g = grad + wd theta (L2)
 //                m = m + (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2
 //                theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
@@ -18,7 +22,9 @@ namespace gpubp {
 
 template <class T>
 __global__ void sgd_step(T* params, const T* __restrict__ grads, T* velocity, index_t n,
-                         T lr, T momentum, T lr_momentum, T weight_decay, int nesterov) {
+                         T lr, T momentum, T lr_momentum, T weight_decay, int nesterov,
+                         const int* __restrict__ skip) {
+    if (*skip) return;
     GPUBP_GRID_STRIDE(i, n) {
         T p = params[i];
         T g = grads[i];
@@ -41,7 +47,9 @@ __global__ void sgd_step(T* params, const T* __restrict__ grads, T* velocity, in
 template <class T>
 __global__ void adam_step(T* params, const T* __restrict__ grads, T* m, T* v, index_t n,
                           T one_minus_beta1, T beta2, T one_minus_beta2, T inv_bias_correction2_sqrt,
-                          T eps, T step_size, T weight_decay, T decay, int decoupled) {
+                          T eps, T step_size, T weight_decay, T decay, int decoupled,
+                          const int* __restrict__ skip) {
+    if (*skip) return;
     GPUBP_GRID_STRIDE(i, n) {
         T p = params[i];
         T g = grads[i];

@@ -9,6 +9,11 @@
 // column_total<T>     out[c] = sum_j partials[j, c], in increasing j; one thread per column.
 //
 // With a single chunk the first pass writes the result directly (partials = out).
+//
+// any_nonfinite<T>    *flag = 1 if the scalar *loss or any of x[0..n) is NaN or +-Inf; otherwise
+//                     *flag is left as it was (the caller sets it first: 0, or the previous step's
+//                     flag to carry it). Every writer writes the same value, so the outcome does not
+//                     depend on the order of the threads.
 #include "common.cuh"
 
 namespace gpubp {
@@ -33,6 +38,15 @@ __global__ void column_total(const T* __restrict__ partials, T* out, index_t chu
         for (index_t j = 0; j < chunks; ++j) s += partials[j * cols + c];
         out[c] = s;
     }
+}
+
+template <class T>
+__global__ void any_nonfinite(const T* __restrict__ x, index_t n, const T* __restrict__ loss, int* flag) {
+    bool bad = blockIdx.x == 0 && threadIdx.x == 0 && !gp_finite(*loss);
+    GPUBP_GRID_STRIDE(i, n) {
+        if (!gp_finite(x[i])) bad = true;
+    }
+    if (bad) *flag = 1;
 }
 
 }  // namespace gpubp

@@ -179,3 +179,29 @@ def test_kernel_bias_grad_is_deterministic_and_pool_flat():
     np.testing.assert_array_equal(cupy.asnumpy(out1), cupy.asnumpy(out2))
     np.testing.assert_allclose(cupy.asnumpy(out1), cupy.asnumpy(delta).astype(np.float64).sum(0), rtol=1e-4,
                                atol=1e-3)
+
+
+@pytest.mark.parametrize("check_every", [None, 1])
+def test_divergence_guard_on_the_gpu(check_every):
+    """The guard's flags, the kernels' skip and the window check on a real device."""
+    from gpubp.errors import DivergenceError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 20)).astype(np.float32)
+    X[43] = 3e38
+    y = rng.integers(0, 2, 80)
+    make = lambda backend: gpubp.MLP([20, 8, 2], activation="identity", loss="cross_entropy",  # noqa: E731
+                                     backend=backend, seed=1)
+    net, optimizer = make("cupy"), Adam(0.01)
+    with pytest.raises(DivergenceError, match=r"at step 5 \(epoch 1, batch 5\), first in the forward pass of layer 1"):
+        net.fit(X, y, epochs=2, batch_size=10, optimizer=optimizer, shuffle=False, progress=False,
+                check_every=check_every)
+    reference, reference_optimizer = make("numpy"), Adam(0.01)
+    reference.fit(X[:40], y[:40], epochs=1, batch_size=10, optimizer=reference_optimizer, shuffle=False,
+                  progress=False)
+    assert optimizer.steps == 4
+    for a, b in zip(net.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    history = make("cupy").fit(X, y, epochs=2, batch_size=10, optimizer=Adam(0.01), shuffle=False, progress=False,
+                               on_nonfinite="skip_step", check_every=check_every)
+    assert history["skipped_steps"] == [1, 1] and np.isfinite(history["loss"]).all()

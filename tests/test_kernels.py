@@ -319,3 +319,40 @@ def targets(loss, n, outputs, rng):
     from conftest import targets_for
 
     return targets_for(loss, n, outputs, rng)
+
+
+# --- the divergence guard's flag ----------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [0, 1, 777, 5000])
+@pytest.mark.parametrize("bad", [None, "nan_last", "inf_first", "neg_inf_middle", "loss_nan", "loss_inf"])
+def test_nonfinite_flag(kb, n, bad, dtype, rng, monkeypatch):
+    monkeypatch.setattr(kb.ops, "max_blocks", 2)  # 5000 elements: each thread checks several
+    values = rng.normal(0, 1e30 if dtype == "float64" else 1e30, n).astype(dtype)
+    loss = np.array(1.5, dtype)
+    if bad == "nan_last" and n:
+        values[-1] = np.nan
+    elif bad == "inf_first" and n:
+        values[0] = np.inf
+    elif bad == "neg_inf_middle" and n:
+        values[n // 2] = -np.inf
+    elif bad == "loss_nan":
+        loss = np.array(np.nan, dtype)
+    elif bad == "loss_inf":
+        loss = np.array(np.inf, dtype)
+    expected = int(bad is not None and (n > 0 or bad.startswith("loss")))
+    flags = kb.asarray(np.array([1, 7], np.int32))
+    kb.nonfinite_flag(dev(kb, values), dev(kb, loss), flags[1:2], None)  # fresh: 0 or 1
+    kb.nonfinite_flag(dev(kb, values), dev(kb, loss), flags[0:1], flags[0:1])  # carried: stays 1
+    assert host(kb, flags).tolist() == [1, expected]
+
+
+def test_optimizer_kernels_skip_when_flagged(kb, rng):
+    params = rng.normal(size=50)
+    p_dev, skip = dev(kb, params), kb.asarray(np.array([1], np.int32))
+    kb.sgd_update(p_dev, dev(kb, np.ones(50)), None, None, skip, lr=0.1, momentum=0.0, nesterov=False,
+                  weight_decay=0.0)
+    m, v = kb.zeros(50, "float64"), kb.zeros(50, "float64")
+    kb.adam_update(p_dev, dev(kb, np.ones(50)), m, v, None, None, skip, step=1, lr=0.1, beta1=0.9, beta2=0.999,
+                   eps=1e-8, weight_decay=0.0, decoupled=False)
+    np.testing.assert_array_equal(host(kb, p_dev), params)
+    assert not host(kb, m).any() and not host(kb, v).any()

@@ -58,7 +58,8 @@ def _instantiations() -> dict[str, list[str]]:
             kernels["loss.cu"].append(f"gpubp::{name}<{ctype}>")
         for functor in POINTWISE_LOSSES.values():
             kernels["loss.cu"].append(f"gpubp::pointwise_loss<{ctype}, gpubp::{functor}>")
-        kernels["reduce.cu"] += [f"gpubp::column_partials<{ctype}>", f"gpubp::column_total<{ctype}>"]
+        kernels["reduce.cu"] += [f"gpubp::column_partials<{ctype}>", f"gpubp::column_total<{ctype}>",
+                                 f"gpubp::any_nonfinite<{ctype}>"]
         kernels["optim.cu"] += [f"gpubp::sgd_step<{ctype}>", f"gpubp::adam_step<{ctype}>"]
     return kernels
 
@@ -250,17 +251,25 @@ class FusedOps:
             self._launch(cols, self._function(x.dtype, "column_total"),
                          (partials, out, np.int64(chunks), np.int64(cols)))
 
+    # divergence guard -------------------------------------------------------------------------------
+    def any_nonfinite(self, x: Any, loss: Any, flag: Any) -> None:
+        """``flag[0] = 1`` if ``loss`` (0-d) or any element of ``x`` is not finite; else ``flag`` is unchanged."""
+        function = self._function(x.dtype, "any_nonfinite")
+        function((max(1, self._grid(x.size)),), (BLOCK,), (x, np.int64(x.size), loss, flag))
+
     # optimizers ---------------------------------------------------------------------------------------
-    def sgd_step(self, params: Any, grads: Any, velocity: Any, *, lr: float, momentum: float,
+    def sgd_step(self, params: Any, grads: Any, velocity: Any, skip: Any, *, lr: float, momentum: float,
                  nesterov: bool, weight_decay: float) -> None:
+        """One SGD step; does nothing on the device when ``skip[0]`` (an int32 device flag) is set."""
         scalar = params.dtype.type
         function = self._function(params.dtype, "sgd_step")
         self._launch(params.size, function, (
             params, grads, params if velocity is None else velocity, np.int64(params.size), scalar(lr),
-            scalar(momentum), scalar(lr * momentum), scalar(weight_decay), np.int32(bool(nesterov))))
+            scalar(momentum), scalar(lr * momentum), scalar(weight_decay), np.int32(bool(nesterov)), skip))
 
-    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, *, step: int, lr: float, beta1: float,
-                  beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, skip: Any, *, step: int, lr: float,
+                  beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+        """One Adam/AdamW step; does nothing on the device when ``skip[0]`` is set."""
         scalar = params.dtype.type
         bias_correction1 = 1.0 - beta1**step
         inv_bias_correction2_sqrt = 1.0 / np.sqrt(1.0 - beta2**step)
@@ -268,4 +277,4 @@ class FusedOps:
         self._launch(params.size, function, (
             params, grads, m, v, np.int64(params.size), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
             scalar(inv_bias_correction2_sqrt), scalar(eps), scalar(lr / bias_correction1),
-            scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled))))
+            scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled)), skip))

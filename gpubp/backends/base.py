@@ -121,10 +121,35 @@ class Backend:
         """The loss as a 0-d array; writes the output error into ``delta`` (BP1)."""
         return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows))
 
+    # --- divergence guard ---------------------------------------------------------------------
+    def nonfinite_flag(self, values: Any, loss: Any, flag: Any, carry: Any = None) -> None:
+        """``flag[0] = carry[0] or (loss or any of values is NaN/Inf)``; ``flag`` is a 1-element int32 array.
+
+        Written without a host synchronisation (on CuPy everything stays on the
+        device). The reference tests ``values.sum()``, one pass without
+        temporaries: NaN and ±Inf propagate through a sum; it also flags finite
+        values whose sum overflows (|Σ| > 3.4e38 in float32), which only a run
+        that is diverging anyway produces. The fused kernel tests each element.
+        """
+        xp = self.xp
+        if carry is None:
+            flag.fill(0)
+        else:
+            xp.copyto(flag, carry)
+        bad = xp.logical_not(xp.logical_and(xp.isfinite(values.sum()), xp.isfinite(loss)))
+        xp.maximum(flag, bad, out=flag)
+
     # --- optimizers ---------------------------------------------------------------------------
-    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, **hyper: Any) -> None:
+    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, skip: Any = None,
+                   **hyper: Any) -> None:
+        """One SGD step, or nothing when the 1-element flag ``skip`` is set (this reads it on the host)."""
+        if skip is not None and bool(skip[0]):
+            return
         optim.sgd_update(self.xp, params, grads, velocity, scratch, **hyper)
 
     def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
-                    **hyper: Any) -> None:
+                    skip: Any = None, **hyper: Any) -> None:
+        """One Adam/AdamW step, or nothing when the 1-element flag ``skip`` is set."""
+        if skip is not None and bool(skip[0]):
+            return
         optim.adam_update(self.xp, params, grads, m, v, scratch, scratch2, **hyper)

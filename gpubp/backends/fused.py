@@ -16,6 +16,7 @@ operation                             kernel (one launch)                       
 ``bias_grad`` (``"kernel"``)          ``column_partials`` + ``column_total``            1 GEMV
 ``one_hot``                           ``one_hot<T>``                                    2
 ``sgd_update`` / ``adam_update``      ``sgd_step<T>`` / ``adam_step<T>``                2–8 / 13–15
+``nonfinite_flag``                    ``any_nonfinite<T>``                              2
 ====================================  ==============================================  =========
 
 The last column counts the passes over memory (ufunc calls) of the reference
@@ -120,10 +121,28 @@ class FusedKernels:
     def one_hot(self, labels: Any, row_index: Any, out: Any) -> None:
         self.ops.one_hot(labels, out)
 
-    # --- optimizers ---------------------------------------------------------------------------------
-    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, **hyper: Any) -> None:
-        self.ops.sgd_step(params, grads, velocity, **hyper)
+    # --- divergence guard and optimizers -------------------------------------------------------------
+    def nonfinite_flag(self, values: Any, loss: Any, flag: Any, carry: Any = None) -> None:
+        if carry is None:
+            flag.fill(0)
+        else:
+            self.xp.copyto(flag, carry)
+        loss = self.xp.asarray(loss)
+        if loss.dtype != values.dtype:
+            loss = loss.astype(values.dtype)
+        self.ops.any_nonfinite(values, loss, flag)
+
+    def _skip_flag(self, skip: Any) -> Any:
+        if skip is not None:
+            return skip
+        if getattr(self, "_never_skip", None) is None:
+            self._never_skip = self.zeros(1, "int32")
+        return self._never_skip
+
+    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, skip: Any = None,
+                   **hyper: Any) -> None:
+        self.ops.sgd_step(params, grads, velocity, self._skip_flag(skip), **hyper)
 
     def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
-                    **hyper: Any) -> None:
-        self.ops.adam_step(params, grads, m, v, **hyper)
+                    skip: Any = None, **hyper: Any) -> None:
+        self.ops.adam_step(params, grads, m, v, self._skip_flag(skip), **hyper)

@@ -81,9 +81,14 @@ class NumpyBackend(Backend):
                             tmp: Any, tmp2: Any) -> None:
         self._split(lambda *block: activation.backward(np, *block), [delta, z, a, tmp, tmp2])
 
-    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, **hyper: Any) -> None:
+    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, skip: Any = None,
+                   **hyper: Any) -> None:
+        if skip is not None and skip[0]:
+            return
         self._split(lambda *block: optim.sgd_update(np, *block, **hyper), [params, grads, velocity, scratch])
 
     def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
-                    **hyper: Any) -> None:
+                    skip: Any = None, **hyper: Any) -> None:
+        if skip is not None and skip[0]:
+            return
         self._split(lambda *block: optim.adam_update(np, *block, **hyper), [params, grads, m, v, scratch, scratch2])
