@@ -43,6 +43,20 @@ class History:
         return {"epoch": list(self.epochs), **{key: self[key] for key in self.keys()},
                 "monitor": self.monitor, "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything in this history, JSON-ready (for checkpoints); :meth:`from_state` reverses it."""
+        return {"epochs": list(self.epochs), "records": [dict(r) for r in self.records], "monitor": self.monitor,
+                "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "History":
+        history = cls()
+        history.epochs = [int(e) for e in state["epochs"]]
+        history.records = [{str(k): float(v) for k, v in r.items()} for r in state["records"]]
+        history.monitor, history.best_epoch, history.stopped_epoch = (state["monitor"], state["best_epoch"],
+                                                                       state["stopped_epoch"])
+        return history
+
     def __repr__(self) -> str:
         if not self.records:
             return "History(no epochs)"

@@ -492,7 +492,8 @@ class MLP:
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, progress: bool = True,
             seed: int | None = None, *, validation_split: float = 0.0, lr_schedule: Any = None,
             early_stopping: int | None = None, monitor: str | None = None, min_delta: float = 0.0,
-            restore_best: bool = True, on_nonfinite: str = "raise", check_every: int | None = None) -> History:
+            restore_best: bool = True, on_nonfinite: str = "raise", check_every: int | None = None,
+            checkpoint: Any = None, resume: bool = False, checkpoint_every: int = 1) -> History:
         """Train by minibatch gradient descent; returns the per-epoch :class:`~gpubp.history.History`.
 
         The training set is moved to the device once; each epoch draws a
@@ -527,6 +528,15 @@ class MLP:
             (``skipped_steps``). The flags are read every ``check_every`` steps
             (default: every step on the CPU, every 32 on a GPU) and at each
             epoch's end; no update with a non-finite gradient is ever applied.
+        checkpoint, checkpoint_every, resume:
+            Write network, optimizer state and training progress (epoch, step,
+            the data-order generator, history, early-stopping state) to
+            ``checkpoint`` every ``checkpoint_every`` epochs and after the last,
+            atomically (a kill mid-write leaves the previous file). With
+            ``resume=True`` and an existing file, training continues after its
+            last epoch — on the CPU bit for bit as if it had never stopped,
+            given the same data, ``seed``, ``batch_size``, optimizer and
+            ``epochs``. ``epochs`` is the total, not the number still to run.
         """
         from .guard import Guard
         from .schedules import checked_lr, get_schedule
@@ -568,7 +578,18 @@ class MLP:
         if check_every is not None:
             check_every = check.positive_int("check_every", check_every)
         guard = Guard(self, on_nonfinite, check_every)
+        checkpoint_every = check.positive_int("checkpoint_every", checkpoint_every)
+        if not isinstance(resume, bool):
+            raise GpubpTypeError(f"resume must be True or False, got {resume!r}")
+        if checkpoint is not None:
+            from .io import _check_path
+
+            checkpoint = _check_path(checkpoint)
+        elif resume:
+            raise GpubpValueError("resume=True needs checkpoint=PATH, the file to resume from")
         n = X.shape[0]
+        run = {"n_train": n, "batch_size": batch_size, "shuffle": shuffle}
+        resumed = self._resume(checkpoint, optimizer, run) if resume and checkpoint.exists() else None
 
         be = self.backend
         x_all = _on_device(be, X, self.dtype)
@@ -578,9 +599,15 @@ class MLP:
         base_lr = optimizer.lr
         best_value, best_weights, waited = None, None, 0
         skipping = guard.mode == "skip_step"
-        step = 0
+        step, first_epoch = 0, 1
+        if resumed is not None:
+            rng.bit_generator.state = resumed["rng_state"]
+            history, step, first_epoch = resumed["history"], resumed["step"], resumed["epoch"] + 1
+            best_value, waited, best_weights = resumed["best_value"], resumed["waited"], resumed["best_weights"]
+            if history.stopped_epoch is not None:  # that run had already stopped early: it is finished
+                first_epoch = epochs + 1
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(first_epoch, epochs + 1):
                 started = time.perf_counter()
                 optimizer.lr = checked_lr(schedule, epoch, base_lr, epochs)
                 order = be.asarray(rng.permutation(n) if shuffle else np.arange(n))
@@ -641,13 +668,58 @@ class MLP:
                     waited += 1
                     if early_stopping is not None and waited >= early_stopping:
                         history.stopped_epoch = epoch
-                        break
+                history.monitor = monitor
+                if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs
+                                               or history.stopped_epoch is not None):
+                    from .io import save_checkpoint
+
+                    optimizer.lr = base_lr
+                    state = {"epoch": epoch, "step": step, "rng_state": rng.bit_generator.state,
+                                "history": history.to_state(), "best_value": best_value, "waited": waited,
+                                "base_lr": base_lr, "epochs": epochs, **run}
+                    save_checkpoint(checkpoint, self, optimizer, state, best_weights)
+                if history.stopped_epoch is not None:
+                    break
         finally:
             optimizer.lr = base_lr
         if best_weights is not None and history.best_epoch != len(history):
             be.copy_into(self.params, best_weights)
         history.monitor = monitor
         return history
+
+    def _resume(self, path: Any, optimizer: Optimizer, run: dict[str, Any]) -> dict[str, Any]:
+        """Load a checkpoint into this network and ``optimizer`` for ``fit(resume=True)``.
+
+        Everything is checked first — architecture, optimizer class, the run's
+        sample count, batch size and shuffling — so a refused resume changes nothing.
+        """
+        from .io import load_checkpoint
+
+        state = load_checkpoint(path, backend=self.backend)
+        if state.net.config() != self.config():
+            raise GpubpValueError(f"checkpoint {str(path)!r} is of a different network: {state.net.config()}, "
+                                  f"this one is {self.config()}")
+        progress = state.progress
+        for key, value in run.items():
+            if progress.get(key) != value:
+                raise GpubpValueError(
+                    f"checkpoint {str(path)!r} was written by a run with {key}={progress.get(key)!r}, this fit has "
+                    f"{key}={value!r}; resume with the same training data and settings, or start a new checkpoint"
+                )
+        try:
+            history = History.from_state(progress["history"])
+            resumed = {"rng_state": progress["rng_state"], "history": history, "step": int(progress["step"]),
+                       "epoch": int(progress["epoch"]), "best_value": progress["best_value"],
+                       "waited": int(progress["waited"])}
+            np.random.default_rng().bit_generator.state = resumed["rng_state"]  # checks its form
+        except (KeyError, TypeError, ValueError) as error:
+            raise GpubpValueError(f"checkpoint {str(path)!r} has invalid training progress: {error}") from None
+        optimizer.load_state(self.backend, self.params, *state.optimizer.export_state(state.net.backend))
+        self.backend.copy_into(self.params, state.net.params if state.net.backend is self.backend
+                               else state.net.backend.to_host(state.net.params))
+        best = state.best_params
+        resumed["best_weights"] = None if best is None else self.backend.asarray(best, self.dtype)
+        return resumed
 
     def _train_epoch(self, epoch: int, step: int, n_batches: int, load: Any, optimizer: Optimizer, guard: Any,
                      bar: Any) -> tuple[int, Any, Any, Any, int]:

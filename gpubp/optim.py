@@ -120,12 +120,58 @@ class Optimizer:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({fields})"
 
+    # --- checkpoints -----------------------------------------------------------------------------
+    state_names: tuple[str, ...] = ()
+    """The state buffers a checkpoint keeps (scratch buffers are not state)."""
+
+    def export_state(self, backend: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(JSON-ready description, host copies of the state buffers) for a checkpoint."""
+        meta = {"class": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": self.steps,
+                "size": self._size}
+        arrays = {name: backend.to_host(self.state[name]) for name in self.state_names if name in self.state}
+        return meta, arrays
+
+    def load_state(self, backend: Any, params: Any, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Take step count and state buffers from a checkpoint; all checked before anything changes."""
+        if meta.get("class") != type(self).__name__:
+            raise GpubpValueError(f"the checkpoint holds {meta.get('class')} state, this optimizer is a "
+                                  f"{type(self).__name__}; resume with the same optimizer class")
+        steps = meta.get("steps")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise GpubpValueError(f"the checkpoint's optimizer step count must be an integer >= 0, got {steps!r}")
+        unknown = set(arrays) - set(self.state_names)
+        if unknown:
+            raise GpubpValueError(f"the checkpoint holds optimizer state {sorted(unknown)} that a "
+                                  f"{type(self).__name__} does not have")
+        for name, array in arrays.items():
+            if array.shape != tuple(params.shape) or array.dtype != params.dtype:
+                raise GpubpValueError(f"optimizer state {name!r} has shape {array.shape} and dtype {array.dtype}, "
+                                      f"the network's parameters are {tuple(params.shape)} {params.dtype}")
+        self.state = {name: backend.asarray(array, params.dtype) for name, array in arrays.items()}
+        self._size = int(params.size) if arrays or meta.get("size") is not None else None
+        self.steps = steps
+
+    @staticmethod
+    def from_state(backend: Any, params: Any, meta: dict[str, Any], arrays: dict[str, Any]) -> Optimizer:
+        """An optimizer rebuilt from a checkpoint: class, hyperparameters, step count and state."""
+        classes = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+        if meta.get("class") not in classes:
+            raise GpubpValueError(f"unknown optimizer class {meta.get('class')!r}; expected one of {sorted(classes)}")
+        hyper = dict(meta.get("hyperparameters") or {})
+        if "betas" in hyper:
+            hyper["betas"] = tuple(hyper["betas"])
+        optimizer = classes[meta["class"]](**hyper)
+        optimizer.load_state(backend, params, meta, arrays)
+        return optimizer
+
     def hyperparameters(self) -> dict[str, Any]:
         raise NotImplementedError
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent, torch.optim.SGD's rule: θ ← θ − lr·d (see :func:`sgd_update`)."""
+
+    state_names = ("velocity",)
 
     def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__()
@@ -155,6 +201,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba), torch.optim.Adam's rule; ``weight_decay`` is an L2 term in the gradient."""
 
     decoupled = False
+    state_names = ("m", "v")
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):

@@ -74,12 +74,14 @@ def _write_npz(path, **arrays):
 
 @pytest.mark.parametrize("make,message", [
     (lambda p: p.write_bytes(b"not a zip file at all"), "is not a readable .npz file"),
-    (lambda p: _write_npz(p, weights=np.zeros(3)), r"is not a gpubp model: expected arrays \['metadata', 'params'\]"),
+    (lambda p: _write_npz(p, weights=np.zeros(3)), r"is not a gpubp model: it has no 'metadata' array, only \['weights'\]"),
+    (lambda p: _write_npz(p, weights=np.zeros(3), metadata=np.array(json.dumps({"format": "gpubp.mlp"}))),
+     r"is not a gpubp model: expected arrays \['metadata', 'params'\]"),
     (lambda p: _write_npz(p, params=np.zeros(3), metadata=np.array("{not json")), "metadata is not valid JSON"),
     (lambda p: _write_npz(p, params=np.zeros(3), metadata=np.array(json.dumps({"format": "other"}))),
      "is not a gpubp model file"),
     (lambda p: _write_npz(p, params=np.zeros(3), metadata=np.array(json.dumps({"format": "gpubp.mlp", "version": 99}))),
-     "has format version 99"),
+     "has model format version 99"),
     (lambda p: _write_npz(p, params=np.array([object()], dtype=object), metadata=np.array("{}")),
      "pickled data is never loaded"),
 ])
