@@ -8,6 +8,15 @@ Messages name the argument, what was expected and what was given.
 from __future__ import annotations
 
 
+def format_bytes(n: float) -> str:
+    """Sizes for messages: ``512 bytes``, ``3.2 MiB``, ``1.5 GiB``."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 class GpubpError(Exception):
     """Base class of every error gpubp raises on purpose."""
 
@@ -42,3 +51,15 @@ class OptionalDependencyError(GpubpError, ImportError):
 
 class DivergenceError(GpubpError, FloatingPointError):
     """Training produced NaN or Inf; the message names the step and where the values first appeared."""
+
+
+class DeviceMemoryError(GpubpError, MemoryError):
+    """The GPU ran out of memory; the message gives the size asked for, the free memory, and what to try.
+
+    ``requested``, ``free`` and ``total`` are in bytes (``None`` where unknown).
+    """
+
+    def __init__(self, message: str, requested: int | None = None, free: int | None = None,
+                 total: int | None = None) -> None:
+        super().__init__(message)
+        self.requested, self.free, self.total = requested, free, total

@@ -26,7 +26,7 @@ import numpy as np
 from . import _validate as check
 from .activations import Activation, get_activation
 from .backends import Backend, get_backend
-from .errors import DivergenceError, GpubpTypeError, GpubpValueError
+from .errors import DeviceMemoryError, DivergenceError, GpubpTypeError, GpubpValueError, format_bytes
 from .history import History
 from .init import SCHEMES, init_weights
 from .losses import Loss, get_loss
@@ -314,13 +314,30 @@ class MLP:
         ws = self._workspaces.get(batch)
         if ws is None:
             keep_z = [act is None or act.needs_z for act in self._activations]
-            ws = Workspace(self.backend, self.sizes, batch, self.dtype, keep_z)
+            try:
+                ws = Workspace(self.backend, self.sizes, batch, self.dtype, keep_z)
+            except DeviceMemoryError as error:
+                raise self._workspace_too_big(error, batch, keep_z) from None
             self._workspaces[batch] = ws
             while len(self._workspaces) > _CACHED_WORKSPACES:
                 self._workspaces.popitem(last=False)
         else:
             self._workspaces.move_to_end(batch)
         return ws
+
+    def _workspace_too_big(self, error: DeviceMemoryError, batch: int, keep_z: Sequence[bool]) -> DeviceMemoryError:
+        """The out-of-memory error of a workspace, with the batch size that would fit."""
+        widths = self.sizes[1:]
+        per_sample = self.dtype.itemsize * (self.sizes[0] + self.sizes[-1] + 2 * sum(widths) + 2 * max(widths) + 3
+                                            + sum(w for w, keep in zip(widths, keep_z) if keep)) + 8
+        fits = int(0.8 * error.free / per_sample) if error.free is not None else 0
+        suggestion = 1 << (fits.bit_length() - 1) if fits >= 1 else 0
+        advice = (f"try batch_size={suggestion} or smaller" if 0 < suggestion < batch else
+                  "free GPU memory held elsewhere (other arrays, other processes) or use backend='numpy'")
+        return DeviceMemoryError(
+            f"{error} while allocating the workspace of a batch of {batch} (about {format_bytes(per_sample * batch)}: "
+            f"{format_bytes(per_sample)} per sample for this network's activations, deltas and scratch); {advice}",
+            requested=error.requested, free=error.free, total=error.total)
 
     def _load_batch(self, X: Any, Y: Any) -> Workspace:
         """Check one batch and copy it into the workspace of its size (one transfer each for X and Y)."""
@@ -592,8 +609,15 @@ class MLP:
         resumed = self._resume(checkpoint, optimizer, run) if resume and checkpoint.exists() else None
 
         be = self.backend
-        x_all = _on_device(be, X, self.dtype)
-        y_all = _on_device(be, Y, np.int64 if is_labels else self.dtype)
+        try:  # the training set goes to the device once
+            x_all = _on_device(be, X, self.dtype)
+            y_all = _on_device(be, Y, np.int64 if is_labels else self.dtype)
+        except DeviceMemoryError as error:
+            size = X.shape[0] * X.shape[1] * self.dtype.itemsize
+            raise DeviceMemoryError(
+                f"{error} while copying the training set ({format_bytes(size)} of inputs) to the GPU once for "
+                f"the whole fit; train on a part of it at a time, or use backend='numpy'",
+                requested=error.requested, free=error.free, total=error.total) from None
         history = History()
         n_batches = -(-n // batch_size)
         base_lr = optimizer.lr
@@ -814,3 +838,4 @@ def _progress_bar(enabled: bool, total: int, description: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="batch", leave=True, dynamic_ncols=True)
+

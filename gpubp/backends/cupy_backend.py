@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DeviceMemoryError, format_bytes
 from ._kernels import CudaModules, FusedOps
 from .base import Backend
 from .fused import FusedKernels
@@ -58,8 +59,31 @@ class CupyBackend(FusedKernels, Backend):
     def is_device_array(self, value: Any) -> bool:
         return isinstance(value, self.xp.ndarray)
 
+    # --- allocation, with out-of-memory errors that say what to do --------------------------------
+    def _allocate(self, nbytes: int, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except self.xp.cuda.memory.OutOfMemoryError:
+            raise self.out_of_memory(nbytes) from None
+
+    def out_of_memory(self, requested: int) -> DeviceMemoryError:
+        """The error for a failed allocation of ``requested`` bytes, with the device's memory state."""
+        free, total = self.memory_info()
+        cached = int(self.xp.get_default_memory_pool().free_bytes())
+        return DeviceMemoryError(
+            f"out of GPU memory on {self.device_name()}: {format_bytes(requested)} were asked for, "
+            f"{format_bytes(free)} are free of {format_bytes(total)} (CuPy's pool holds {format_bytes(cached)} "
+            f"more that it could not use)", requested=requested, free=free + cached, total=total)
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        return self._allocate(_nbytes(shape, dtype), self.xp.empty, shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Any:
+        return self._allocate(_nbytes(shape, dtype), self.xp.zeros, shape, dtype=dtype)
+
     def asarray(self, value: Any, dtype: Any = None) -> Any:
-        return self.xp.array(value, dtype=dtype, copy=True)
+        nbytes = _nbytes(np.shape(value), dtype if dtype is not None else getattr(value, "dtype", np.float64))
+        return self._allocate(nbytes, self.xp.array, value, dtype=dtype, copy=True)
 
     def copy_into(self, out: Any, value: Any) -> None:
         if isinstance(value, self.xp.ndarray):
@@ -72,3 +96,9 @@ class CupyBackend(FusedKernels, Backend):
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
+
+
+def _nbytes(shape: Any, dtype: Any) -> int:
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
