@@ -132,9 +132,12 @@ def _train(args: argparse.Namespace) -> int:
     print(f"optimizer: {optimizer}; lr schedule: {args.lr_schedule}; batch size {args.batch_size}; "
           f"{args.epochs} epochs" + (f", early stopping after {args.early_stopping}" if args.early_stopping else ""))
     started = time.perf_counter()
+    if args.resume and not args.checkpoint:
+        raise GpubpValueError("--resume needs --checkpoint PATH, the file to resume from")
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                       validation_data=task["validation"], progress=not args.no_progress, seed=args.seed,
-                      lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None)
+                      lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None,
+                      on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume)
     wall = time.perf_counter() - started
     if args.no_progress:
         for epoch, record in zip(history.epochs, history.records):
@@ -203,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", default="auto", help="auto, numpy/cpu or cupy/gpu; default: %(default)s")
     train.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    train.add_argument("--checkpoint", metavar="PATH", help="write a training checkpoint (network, optimizer, "
+                       "progress) after every epoch, atomically")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists "
+                       "(--epochs is the total)")
+    train.add_argument("--on-nonfinite", choices=["raise", "skip_step"], default="raise",
+                       help="NaN/Inf in a step: stop with the step and layer named, or skip the step; "
+                       "default: %(default)s")
     train.add_argument("--save", metavar="PATH", help="save the trained network (.npz)")
     train.add_argument("--history", metavar="PATH", help="write the per-epoch history and the summary as JSON")
     train.add_argument("--plot", metavar="PATH", help="write the learning curves as a PNG (needs matplotlib)")

@@ -602,6 +602,11 @@ class MLP:
             from .io import _check_path
 
             checkpoint = _check_path(checkpoint)
+            if checkpoint.is_dir():
+                raise GpubpValueError(f"checkpoint {str(checkpoint)!r} is a directory, expected a file name")
+            if not checkpoint.parent.is_dir():
+                raise GpubpValueError(f"checkpoint {str(checkpoint)!r}: directory {str(checkpoint.parent)!r} "
+                                      "does not exist")
         elif resume:
             raise GpubpValueError("resume=True needs checkpoint=PATH, the file to resume from")
         n = X.shape[0]

@@ -103,3 +103,17 @@ def test_train_fashion_mnist_without_data_explains(tmp_path, capsys):
 def test_train_option_errors(argv, message, capsys):
     assert main(["train", "--epochs", "1", "--backend", "numpy", *argv]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_train_checkpoint_and_resume(tmp_path, capsys):
+    checkpoint = tmp_path / "run.ckpt.npz"
+    common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint)]
+    assert main(common + ["--epochs", "2"]) == 0
+    assert main(common + ["--epochs", "4", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nepoch 3: ") == 1 and "epochs 4" in out
+    assert main(["train", "--epochs", "4", "--samples", "600", "--backend", "numpy", "--no-progress"]) == 0
+    straight = capsys.readouterr().out
+    assert straight.split("epoch 4: ")[1].split(", time")[0] == out.split("epoch 4: ")[1].split(", time")[0]
+    assert main(["train", "--epochs", "1", "--resume"]) == 2
+    assert "--resume needs --checkpoint" in capsys.readouterr().err
