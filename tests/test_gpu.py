@@ -205,3 +205,33 @@ def test_divergence_guard_on_the_gpu(check_every):
     history = make("cupy").fit(X, y, epochs=2, batch_size=10, optimizer=Adam(0.01), shuffle=False, progress=False,
                                on_nonfinite="skip_step", check_every=check_every)
     assert history["skipped_steps"] == [1, 1] and np.isfinite(history["loss"]).all()
+
+
+def test_resume_on_the_gpu_matches_an_uninterrupted_run(tmp_path):
+    """What the README claims for the GPU: resume is bit-identical on the same device and libraries."""
+    X, y = gpubp.data.spirals(2000, n_classes=3, seed=0)
+
+    def run(epochs, checkpoint=None, resume=False):
+        net = gpubp.MLP([2, 64, 64, 3], activation="gelu", loss="cross_entropy", backend="cupy", seed=0)
+        net.fit(X, y, epochs=epochs, batch_size=64, optimizer=Adam(1e-2), seed=3, progress=False,
+                checkpoint=checkpoint, resume=resume)
+        return net.get_weights()
+
+    path = tmp_path / "ck.npz"
+    run(2, path)
+    resumed, straight = run(4, path, resume=True), run(4)
+    for a, b in zip(resumed, straight):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_out_of_memory_on_the_gpu_names_sizes_and_a_batch():
+    from gpubp.errors import DeviceMemoryError
+
+    backend = gpubp.get_backend("cupy")
+    free, total = backend.memory_info()
+    with pytest.raises(DeviceMemoryError, match="were asked for"):
+        backend.empty((int(total // 4) * 2,), np.float32)  # twice the whole device
+    net = gpubp.MLP([4096, 4096, 10], backend="cupy", seed=0)
+    batch = int(total // (4 * 4096 * 4)) + 1  # a workspace larger than the device
+    with pytest.raises(DeviceMemoryError, match=r"try batch_size=\d+ or smaller"):
+        net._workspace(batch)
