@@ -1,4 +1,4 @@
-"""The ``gpubp`` command: ``gpubp info`` and ``gpubp train``."""
+"""The ``gpubp`` command: ``gpubp info``, ``gpubp train`` and ``gpubp bench``."""
 
 from __future__ import annotations
 
@@ -167,6 +167,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import benchmark
+
+    names = available_backends() if args.backend == "all" else [args.backend]
+    backends = [get_backend(name) for name in names]
+    for flag, value in (("--repeats", args.repeats), ("--max-step-s", args.max_step_s)):
+        if value is not None and value <= 0:
+            raise GpubpValueError(f"{flag} must be > 0, got {value}")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise GpubpValueError(f"--plot must name a .png file, got {args.plot!r}")
+    configs = benchmark.sweep(args.quick, args.widths, args.depths, args.batches)
+    repeats = args.repeats or (3 if args.quick else 7)
+    command = "gpubp bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gpubp bench"
+    report = benchmark.run(backends, configs, dtype=args.dtype, repeats=repeats,
+                           max_step_s=args.max_step_s or 2.0, with_torch=not args.no_torch,
+                           command=command.strip(), quick=args.quick, log=lambda line: print(line, flush=True))
+    print(benchmark.summary(report))
+    if args.json:
+        benchmark.write_json(report, args.json)
+        print(f"JSON written to {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as handle:
+            handle.write(benchmark.markdown(report))
+        print(f"markdown written to {args.markdown}")
+    if args.plot:
+        print(f"plot written to {benchmark.plot(report, args.plot)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpubp", description="Explicit backpropagation on NumPy or CuPy.")
     parser.add_argument("--version", action="version", version=f"gpubp {__version__}")
@@ -218,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="PATH", help="write the learning curves as a PNG (needs matplotlib)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar; one line per epoch instead")
     train.set_defaults(run=_train)
+
+    bench = commands.add_parser("bench", help="time a training step per backend vs its GEMMs and PyTorch, "
+                                "CPU vs GPU")
+    bench.add_argument("--backend", choices=["numpy", "cupy", "all"], default="all",
+                       help="which backends to time; 'all' is every available one; default: %(default)s")
+    bench.add_argument("--quick", action="store_true", help="a small sweep (about a minute on 2 CPU cores)")
+    bench.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: %(default)s")
+    bench.add_argument("--widths", type=_parse_widths, default=None, help="override the sweep's widths (64,256,…)")
+    bench.add_argument("--depths", type=_parse_widths, default=None, help="override the sweep's layer counts")
+    bench.add_argument("--batches", type=_parse_widths, default=None, help="override the sweep's batch sizes")
+    bench.add_argument("--repeats", type=int, default=None, help="timing rounds per config (median); "
+                       "default: 7, 3 with --quick")
+    bench.add_argument("--max-step-s", type=float, default=None, help="skip configs whose step would take longer "
+                       "at the measured GEMM rate; default: 2")
+    bench.add_argument("--no-torch", action="store_true", help="do not time PyTorch even where installed")
+    bench.add_argument("--json", metavar="PATH", help="write the report as JSON (schema in gpubp.benchmark)")
+    bench.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG: step/GEMM and GPU speedup against width")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -37,6 +37,18 @@ def _thread_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 class NumpyBackend(Backend):
     """NumPy on the CPU: BLAS for the GEMMs, NumPy ufuncs split over the cores for the rest."""
 
@@ -49,7 +61,7 @@ class NumpyBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
 
     def device_name(self) -> str:
-        return platform.processor() or platform.machine() or "cpu"
+        return cpu_name()
 
     def asarray(self, value: Any, dtype: Any = None) -> np.ndarray:
         return np.array(value, dtype=dtype, copy=True, order="C")
