@@ -48,7 +48,11 @@ def median_ms(function: Callable[[], Any], repeats: int) -> float:
 
 
 def cases(cp: Any, fused: Any, ref: Backend, n: int, dtype: Any) -> list[tuple[str, int, Callable, Callable, Callable]]:
-    """(name, bytes moved, setup → state, fused(state), reference(state)); outputs are compared after one run of each."""
+    """(name, bytes moved, setup → state, fused(state), reference(state), output(state)).
+
+    ``fused`` is the backend under test (the CuPy backend, or on the CPU the NumPy backend, whose
+    operations are the kernels' twins); BP3's kernel-vs-GEMV cases exist only for fused backends.
+    """
     rng = cp.random.default_rng(0)
     itemsize = np.dtype(dtype).itemsize
 
@@ -114,10 +118,14 @@ def cases(cp: Any, fused: Any, ref: Backend, n: int, dtype: Any) -> list[tuple[s
                 ref.loss_output(loss, z, a, cp.empty_like(z), rows_buf)
             else:
                 a[...] = z
-            return {"z": z, "a": a, "y": y, "delta": cp.full_like(z, np.nan), "tmp": cp.empty_like(z), "rows": rows_buf}
+            return {"z": z, "a": a, "y": y, "delta": cp.full_like(z, np.nan), "tmp": cp.empty_like(z), "rows": rows_buf,
+                    "rows0": rows_buf.copy()}
 
         def run(backend: Any, loss=loss) -> Callable[[dict], None]:
-            return lambda s: backend.loss_value_and_delta(loss, s["z"], s["a"], s["y"], s["delta"], s["tmp"], s["rows"])
+            def go(s: dict) -> None:  # the loss overwrites the row sums it reads: restore them (2 values a row)
+                s["rows"][...] = s["rows0"]
+                backend.loss_value_and_delta(loss, s["z"], s["a"], s["y"], s["delta"], s["tmp"], s["rows"])
+            return go
 
         moved = (4 if loss.output else 4) * r * width * itemsize
         out.append((f"loss+BP1 {loss_name}", moved, setup, run(fused), run(ref), lambda s: s["delta"]))
@@ -127,7 +135,7 @@ def cases(cp: Any, fused: Any, ref: Backend, n: int, dtype: Any) -> list[tuple[s
 
     hyper = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     out.append(("SGD nesterov+wd", 5 * n * itemsize, sgd_setup,
-                lambda s: fused.sgd_update(s["p"], s["g"], s["v"], None, **hyper),
+                lambda s: fused.sgd_update(s["p"], s["g"], s["v"], s["scratch"], **hyper),
                 lambda s: ref.sgd_update(s["p"], s["g"], s["v"], s["scratch"], **hyper), lambda s: s["p"]))
 
     def adam_setup() -> dict:
@@ -136,11 +144,11 @@ def cases(cp: Any, fused: Any, ref: Backend, n: int, dtype: Any) -> list[tuple[s
 
     ahyper = dict(step=10, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, decoupled=True)
     out.append(("AdamW", 7 * n * itemsize, adam_setup,
-                lambda s: fused.adam_update(s["p"], s["g"], s["m"], s["v"], None, None, **ahyper),
+                lambda s: fused.adam_update(s["p"], s["g"], s["m"], s["v"], s["s1"], s["s2"], **ahyper),
                 lambda s: ref.adam_update(s["p"], s["g"], s["m"], s["v"], s["s1"], s["s2"], **ahyper),
                 lambda s: s["p"]))
 
-    for width in (64, COLS):
+    for width in (64, COLS) if hasattr(fused, "bias_grad_method") else ():  # fused backends only
         r = n // width
 
         def colsum_setup(width=width, r=r) -> dict:
