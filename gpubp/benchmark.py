@@ -442,17 +442,25 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     panels = 2 if report["speedups"] else 1
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     axis = axes[0][0]
-    for (backend, depth, batch), points in _series(report["rows"], "step_over_gemm").items():
-        axis.plot(*zip(*points), marker="o", label=f"{backend}, {depth} layers, batch {batch}")
+    series = _series(report["rows"], "step_over_gemm")
+    batches = sorted({key[2] for key in series})
+    depths = sorted({key[1] for key in series})
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(batches)))
+    styles = ["-", "--", ":", "-."]
+    markers = {"numpy": "o", "cupy": "s"}
+    for (backend, depth, batch), points in series.items():
+        axis.plot(*zip(*points), marker=markers.get(backend, "o"), markersize=4,
+                  color=colours[batches.index(batch)], linestyle=styles[depths.index(depth) % len(styles)],
+                  label=f"{backend}, {depth} layers, batch {batch}")
     axis.set(xscale="log", xlabel="width", ylabel="step time / GEMM time", title="Overhead over the GEMM floor")
     axis.axhline(1.0, color="grey", linestyle=":")
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=6, ncol=2)
     if panels == 2:
         axis = axes[0][1]
-        series: dict[tuple, list] = {}
+        pairs: dict[tuple, list] = {}
         for s in report["speedups"]:
-            series.setdefault((len(s["sizes"]) - 1, s["batch"]), []).append((s["sizes"][0], s["speedup"]))
-        for (depth, batch), points in sorted(series.items()):
+            pairs.setdefault((len(s["sizes"]) - 1, s["batch"]), []).append((s["sizes"][0], s["speedup"]))
+        for (depth, batch), points in sorted(pairs.items()):
             axis.plot(*zip(*sorted(points)), marker="o", label=f"{depth} layers, batch {batch}")
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="NumPy time / CuPy time",
                  title="GPU speedup of a training step")
