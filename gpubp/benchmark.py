@@ -246,6 +246,25 @@ def available_bytes(backend: Any) -> int:
         return 4 * 2**30
 
 
+def release_memory(backend: Any) -> None:
+    """Give cached device memory back between configurations (CuPy's pool, PyTorch's caching allocator)."""
+    if not backend.is_gpu:
+        return
+    import gc
+
+    import cupy
+
+    gc.collect()
+    cupy.get_default_memory_pool().free_all_blocks()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def gemm_rate(backend: Any, dtype: str, clock: Clock) -> float:
     """Measured FLOP/s of one square GEMM (1024³ on the CPU, 4096³ on a GPU) on the backend."""
     n = 4096 if backend.is_gpu else 1024
@@ -341,7 +360,14 @@ def run(backends: Sequence[Any], configs: Sequence[Config], dtype: str = "float3
                 skipped.append({"backend": backend.name, "sizes": list(config.sizes), "batch": config.batch,
                                 "reason": reason})
                 continue
-            row = measure(backend, config, dtype, repeats, with_torch)
+            try:
+                row = measure(backend, config, dtype, repeats, with_torch)
+            except MemoryError as error:  # DeviceMemoryError, or torch's / NumPy's own
+                skipped.append({"backend": backend.name, "sizes": list(config.sizes), "batch": config.batch,
+                                "reason": f"out of memory: {str(error).splitlines()[0][:200]}"})
+                continue
+            finally:
+                release_memory(backend)
             rows.append(row)
             log(format_row(row))
     report = {"schema_version": SCHEMA_VERSION, "date": datetime.date.today().isoformat(), "command": command,

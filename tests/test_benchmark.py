@@ -129,3 +129,19 @@ def test_cli_bench_without_a_gpu_says_why(capsys):
         pytest.skip("a GPU is usable here")
     assert main(["bench", "--backend", "cupy", "--quick"]) == 2
     assert "gpubp: error:" in capsys.readouterr().err
+
+
+def test_a_config_that_runs_out_of_memory_is_skipped_not_fatal(monkeypatch):
+    from gpubp.errors import DeviceMemoryError
+
+    def measure(backend, config, dtype, repeats, with_torch):
+        if config.batch == 32:
+            raise DeviceMemoryError("out of GPU memory: 1 bytes were asked for\\nsecond line")
+        return make_row(backend.name, "d", config, dtype, {"step": 1e-3, "gemm": 5e-4})
+
+    monkeypatch.setattr(benchmark, "measure", measure)
+    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock: 1e10)
+    report = benchmark.run([gpubp.get_backend("numpy")], sweep(widths=[8], depths=[2], batches=[4, 32]), repeats=1,
+                           with_torch=False, log=lambda line: None)
+    assert len(report["rows"]) == 1
+    assert report["skipped"][0]["reason"] == "out of memory: out of GPU memory: 1 bytes were asked for"
