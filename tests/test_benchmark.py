@@ -136,7 +136,7 @@ def test_a_config_that_runs_out_of_memory_is_skipped_not_fatal(monkeypatch):
 
     def measure(backend, config, dtype, repeats, with_torch):
         if config.batch == 32:
-            raise DeviceMemoryError("out of GPU memory: 1 bytes were asked for\\nsecond line")
+            raise DeviceMemoryError("out of GPU memory: 1 bytes were asked for\nsecond line")
         return make_row(backend.name, "d", config, dtype, {"step": 1e-3, "gemm": 5e-4})
 
     monkeypatch.setattr(benchmark, "measure", measure)
