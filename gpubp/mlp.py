@@ -704,8 +704,8 @@ class MLP:
 
                     optimizer.lr = base_lr
                     state = {"epoch": epoch, "step": step, "rng_state": rng.bit_generator.state,
-                                "history": history.to_state(), "best_value": best_value, "waited": waited,
-                                "base_lr": base_lr, "epochs": epochs, **run}
+                             "history": history.to_state(), "best_value": best_value, "waited": waited,
+                             "base_lr": base_lr, "epochs": epochs, **run}
                     save_checkpoint(checkpoint, self, optimizer, state, best_weights)
                 if history.stopped_epoch is not None:
                     break
