@@ -196,17 +196,16 @@ def save_checkpoint(path: Any, net: MLP, optimizer: Optimizer, progress: dict[st
     write_npz(path, arrays, metadata)
 
 
-def load_checkpoint(path: Any, backend: Any = "auto") -> Checkpoint:
-    """Read a checkpoint written by ``fit(checkpoint=…)``: every array is checked against the metadata."""
-    from .optim import Optimizer
-
+def read_checkpoint(path: Any) -> tuple[Path, dict[str, Any], dict[str, np.ndarray]]:
+    """A checkpoint's metadata and host arrays, after checking the format, the version, the declared
+    array list, and every array's shape and dtype against the metadata (nothing is built yet)."""
     source, arrays = read_npz(path, "checkpoint")
     metadata = _parse_metadata(source, arrays.pop("metadata"), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint")
     for key in ("model", "optimizer", "progress", "arrays"):
         if not isinstance(metadata.get(key), dict):
             raise GpubpValueError(f"{str(source)!r}: checkpoint metadata lacks {key!r}")
     declared = metadata["arrays"]
-    if set(declared) != set(arrays):
+    if set(declared) != set(arrays) or "params" not in arrays:
         raise GpubpValueError(f"{str(source)!r}: the checkpoint declares arrays {sorted(declared)} but holds "
                               f"{sorted(arrays)}")
     for name, array in arrays.items():
@@ -214,13 +213,25 @@ def load_checkpoint(path: Any, backend: Any = "auto") -> Checkpoint:
         if not isinstance(spec, dict) or list(array.shape) != spec.get("shape") or array.dtype.str != spec.get("dtype"):
             raise GpubpValueError(f"{str(source)!r}: array {name!r} has shape {list(array.shape)} and dtype "
                                   f"{array.dtype.str}, the metadata says {spec}")
+    best = arrays.get("best_params")
+    if best is not None and best.shape != arrays["params"].shape:
+        raise GpubpValueError(f"{str(source)!r}: best_params has shape {best.shape}, params {arrays['params'].shape}")
+    return source, metadata, arrays
+
+
+def optimizer_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The optimizer state among a checkpoint's arrays, by state name (``m``, ``v``, ``velocity``)."""
+    return {name[len("optimizer."):]: a for name, a in arrays.items() if name.startswith("optimizer.")}
+
+
+def load_checkpoint(path: Any, backend: Any = "auto") -> Checkpoint:
+    """Read a checkpoint written by ``fit(checkpoint=…)`` into a new network and optimizer on ``backend``."""
+    from .optim import Optimizer
+
+    source, metadata, arrays = read_checkpoint(path)
     net = _build_net(source, metadata["model"], arrays["params"], backend)
-    optimizer_arrays = {name[len("optimizer."):]: a for name, a in arrays.items() if name.startswith("optimizer.")}
     try:
-        optimizer = Optimizer.from_state(net.backend, net.params, metadata["optimizer"], optimizer_arrays)
+        optimizer = Optimizer.from_state(net.backend, net.params, metadata["optimizer"], optimizer_arrays(arrays))
     except (ValueError, TypeError, KeyError) as error:
         raise GpubpValueError(f"{str(source)!r}: invalid optimizer state: {error}") from None
-    best = arrays.get("best_params")
-    if best is not None and best.shape != (net.n_params,):
-        raise GpubpValueError(f"{str(source)!r}: best_params has shape {best.shape}, expected ({net.n_params},)")
-    return Checkpoint(net, optimizer, metadata["progress"], best)
+    return Checkpoint(net, optimizer, metadata["progress"], arrays.get("best_params"))

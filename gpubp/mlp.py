@@ -722,18 +722,18 @@ class MLP:
         Everything is checked first — architecture, optimizer class, the run's
         sample count, batch size and shuffling — so a refused resume changes nothing.
         """
-        from .io import load_checkpoint
+        from .io import optimizer_arrays, read_checkpoint
 
-        state = load_checkpoint(path, backend=self.backend)
-        if state.net.config() != self.config():
-            raise GpubpValueError(f"checkpoint {str(path)!r} is of a different network: {state.net.config()}, "
+        source, metadata, arrays = read_checkpoint(path)
+        if metadata["model"] != self.config():
+            raise GpubpValueError(f"checkpoint {str(source)!r} is of a different network: {metadata['model']}, "
                                   f"this one is {self.config()}")
-        progress = state.progress
+        progress = metadata["progress"]
         for key, value in run.items():
             if progress.get(key) != value:
                 raise GpubpValueError(
-                    f"checkpoint {str(path)!r} was written by a run with {key}={progress.get(key)!r}, this fit has "
-                    f"{key}={value!r}; resume with the same training data and settings, or start a new checkpoint"
+                    f"checkpoint {str(source)!r} was written by a run with {key}={progress.get(key)!r}, this fit "
+                    f"has {key}={value!r}; resume with the same training data and settings, or start a new checkpoint"
                 )
         try:
             history = History.from_state(progress["history"])
@@ -742,11 +742,18 @@ class MLP:
                        "waited": int(progress["waited"])}
             np.random.default_rng().bit_generator.state = resumed["rng_state"]  # checks its form
         except (KeyError, TypeError, ValueError) as error:
-            raise GpubpValueError(f"checkpoint {str(path)!r} has invalid training progress: {error}") from None
-        optimizer.load_state(self.backend, self.params, *state.optimizer.export_state(state.net.backend))
-        self.backend.copy_into(self.params, state.net.params if state.net.backend is self.backend
-                               else state.net.backend.to_host(state.net.params))
-        best = state.best_params
+            raise GpubpValueError(f"checkpoint {str(source)!r} has invalid training progress: {error}") from None
+        if arrays["params"].shape != self.params.shape or arrays["params"].dtype != self.dtype:
+            raise GpubpValueError(f"checkpoint {str(source)!r}: params {arrays['params'].shape} "
+                                  f"{arrays['params'].dtype}, this network has {self.params.shape} {self.dtype}")
+        if not np.isfinite(arrays["params"]).all():
+            raise GpubpValueError(f"checkpoint {str(source)!r} holds non-finite parameters")
+        try:  # checks class, step count and every buffer before it changes anything
+            optimizer.load_state(self.backend, self.params, metadata["optimizer"], optimizer_arrays(arrays))
+        except (TypeError, KeyError) as error:
+            raise GpubpValueError(f"checkpoint {str(source)!r}: invalid optimizer state: {error}") from None
+        self.backend.copy_into(self.params, arrays["params"])
+        best = arrays.get("best_params")
         resumed["best_weights"] = None if best is None else self.backend.asarray(best, self.dtype)
         return resumed
 
