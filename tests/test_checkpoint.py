@@ -231,3 +231,19 @@ def test_kill_9_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ck.npz"]
     assert all(name.startswith(".ck.npz.") and name.endswith(".tmp") for name in leftovers)
     assert len(leftovers) >= 3, "too few kills landed in the middle of a write for this test to mean anything"
+
+
+def test_resume_refuses_non_finite_parameters(tmp_path):
+    path = tmp_path / "ck.npz"
+    _fit(_net(), Adam(0.01), 1, path)
+    with np.load(path, allow_pickle=False) as archive:
+        params = archive["params"].copy()
+    params[3] = np.nan
+    bad = _tamper(path, tmp_path / "nan.npz", replace={"params": params})
+    net, optimizer = _net(), Adam(0.01)
+    before = net.get_weights()
+    with pytest.raises(GpubpValueError, match="holds non-finite parameters"):
+        _fit(net, optimizer, 2, bad, resume=True)
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert optimizer.steps == 0
