@@ -453,15 +453,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """PNG: step / GEMM floor against width per backend, and the GPU speedup against width (when measured)."""
-    from .errors import GpubpValueError, OptionalDependencyError
+    from .errors import GpubpValueError
+    from .plot import pyplot
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise OptionalDependencyError(f"--plot needs matplotlib ({error}); pip install 'gpubp[plot]'") from None
+    plt = pyplot()
     if not report["rows"]:
         raise GpubpValueError("the report has no measured rows to plot")
     path = Path(path)

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import GpubpValueError, OptionalDependencyError
 from .history import History
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend, or a clear error naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise OptionalDependencyError(
+            f"plotting needs matplotlib ({error}); install it with: pip install 'gpubp[plot]'"
+        ) from None
+    return plt
 
 
 def plot_history(history: History, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -14,16 +29,9 @@ def plot_history(history: History, path: str | os.PathLike, title: str | None = 
 
     The best epoch (``history.best_epoch``) is marked. Returns the path written.
     """
-    try:
-        import matplotlib
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError as error:
-        raise OptionalDependencyError(
-            f"plotting needs matplotlib ({error}); install it with: pip install 'gpubp[plot]'"
-        ) from None
     if not isinstance(history, History) or len(history) == 0:
         raise GpubpValueError("history must be a non-empty gpubp History (what MLP.fit returns)")
     path = Path(path)
