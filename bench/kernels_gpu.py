@@ -182,6 +182,23 @@ def check(xp: Any, setup: Callable, run_fused: Callable, run_ref: Callable,
     return state_f, state_r, error, written
 
 
+def _measure_case(cp: Any, case: tuple, n: int, dtype: Any, repeats: int) -> dict:
+    """Check one case, then time fused, unfused and a copy of the same bytes: one row of the table."""
+    name, moved, setup, run_fused, run_ref, output = case
+    state_f, state_r, error, written = check(cp, setup, run_fused, run_ref, output)
+    fused_ms = median_ms(lambda: run_fused(state_f), repeats)
+    ref_ms = median_ms(lambda: run_ref(state_r), repeats)
+    src = cp.empty(moved // 2 // 4, np.float32)
+    dst = cp.empty_like(src)
+    copy_same_ms = median_ms(lambda: cp.copyto(dst, src), repeats)
+    copy_gbs = 2 * src.nbytes / copy_same_ms / 1e6
+    gbs = moved / fused_ms / 1e6
+    return {"operation": name, "elements": n, "mb_per_array": n * dtype.itemsize / 2**20, "dtype": str(dtype),
+            "bytes_moved": moved, "fused_ms": fused_ms, "unfused_ms": ref_ms, "speedup": ref_ms / fused_ms,
+            "fused_gb_s": gbs, "copy_same_bytes_ms": copy_same_ms, "copy_gb_s": copy_gbs,
+            "percent_of_copy": 100 * gbs / copy_gbs, "max_rel_err": error, "all_written": written}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,16,64", help="millions of elements per array (default 1,16,64)")
@@ -208,24 +225,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{'GB/s':>7s} {'copy GB/s':>9s} {'% copy':>7s} {'max rel err':>11s}")
     for millions in (float(s) for s in args.sizes.split(",")):
         n = int(millions * 2**20) // COLS * COLS
-        for name, moved, setup, run_fused, run_ref, output in cases(cp, fused, ref, n, dtype):
-            state_f, state_r, error, written = check(cp, setup, run_fused, run_ref, output)
-            fused_ms = median_ms(lambda: run_fused(state_f), args.repeats)
-            ref_ms = median_ms(lambda: run_ref(state_r), args.repeats)
-            src = cp.empty(moved // 2 // 4, np.float32)
-            dst = cp.empty_like(src)
-            copy_same_ms = median_ms(lambda: cp.copyto(dst, src), args.repeats)
-            copy_gbs = 2 * src.nbytes / copy_same_ms / 1e6
-            gbs = moved / fused_ms / 1e6
-            row = {"operation": name, "elements": n, "mb_per_array": n * dtype.itemsize / 2**20, "dtype": str(dtype),
-                   "bytes_moved": moved, "fused_ms": fused_ms, "unfused_ms": ref_ms, "speedup": ref_ms / fused_ms,
-                   "fused_gb_s": gbs, "copy_same_bytes_ms": copy_same_ms, "copy_gb_s": copy_gbs,
-                   "percent_of_copy": 100 * gbs / copy_gbs, "max_rel_err": error, "all_written": written}
+        for case in cases(cp, fused, ref, n, dtype):
+            row = _measure_case(cp, case, n, dtype, args.repeats)  # its arrays are freed when it returns
             rows_out.append(row)
-            print(f"{name:44s} {row['mb_per_array']:9.0f} {fused_ms:9.4f} {ref_ms:9.4f} {row['speedup']:8.2f} "
-                  f"{gbs:7.0f} {copy_gbs:9.0f} {row['percent_of_copy']:6.0f}% {error:11.1e}"
-                  + ("" if written else "  UNWRITTEN OUTPUT"))
-            del state_f, state_r, src, dst
+            print(f"{row['operation']:44s} {row['mb_per_array']:9.0f} {row['fused_ms']:9.4f} {row['unfused_ms']:9.4f} "
+                  f"{row['speedup']:8.2f} {row['fused_gb_s']:7.0f} {row['copy_gb_s']:9.0f} "
+                  f"{row['percent_of_copy']:6.0f}% {row['max_rel_err']:11.1e}"
+                  + ("" if row["all_written"] else "  UNWRITTEN OUTPUT"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

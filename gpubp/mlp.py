@@ -411,7 +411,6 @@ class MLP:
 
     def _diagnose_nonfinite(self, ws: Workspace) -> str:
         """Run the step on ``ws`` again and say where the first NaN/Inf appears (host syncs; failure path only)."""
-        be = self.backend
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return self._find_nonfinite(ws)
 

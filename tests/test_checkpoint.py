@@ -17,7 +17,7 @@ import pytest
 import gpubp
 from gpubp.errors import GpubpValueError
 from gpubp.io import load_checkpoint
-from gpubp.optim import SGD, Adam, AdamW
+from gpubp.optim import SGD, Adam
 
 ROOT = Path(__file__).resolve().parents[1]
 
