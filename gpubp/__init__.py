@@ -11,8 +11,6 @@ is built (``backend="auto"`` picks CuPy when a CUDA device is usable).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import os as _os
 import sys as _sys
 
@@ -23,7 +21,8 @@ import sys as _sys
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import data, datasets, optim, schedules
+from . import data, datasets, optim, schedules  # noqa: E402  (after the OpenBLAS setting above)
+from ._version import __version__  # noqa: E402
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend
 from .errors import BackendUnavailableError, GpubpError, GpubpTypeError, GpubpValueError

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import __version__, data, datasets, optim
+from . import benchmark, data, datasets, inputs, optim
+from ._version import __version__
 from .activations import ACTIVATIONS
-from .backends import available_backends, cupy_status, get_backend
+from .backends import _kernels, available_backends, cupy_status, get_backend
 from .errors import GpubpError, GpubpValueError
 from .mlp import MLP
+from .plot import plot_history
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -46,9 +48,6 @@ def _info(args: argparse.Namespace) -> int:
 
 def _kernel_line(compile_them: bool) -> str:
     """Where the CUDA sources are; on a usable GPU, whether every kernel compiles and loads there."""
-    from .backends import _kernels
-    from .errors import GpubpError
-
     try:
         directory = _kernels.kernel_dir()
     except GpubpError as error:
@@ -57,10 +56,11 @@ def _kernel_line(compile_them: bool) -> str:
     line = f"fused kernels: {len(_kernels.KERNELS)} sources in {directory}, {count} instantiations"
     if compile_them:
         modules = _kernels.CudaModules()
+        device = get_backend("cupy").device.id  # type: ignore[attr-defined]
         try:
             for filename, names in _kernels.KERNELS.items():
                 for name in names:
-                    modules.get(filename, name)
+                    modules.get(filename, name, device)
         except GpubpError as error:
             return f"{line}; FAILED to compile on this device: {error}"
         line += "; all compiled and loaded on this device"
@@ -78,8 +78,7 @@ def _parse_widths(text: str) -> list[int]:
 
 
 def _load_task(args: argparse.Namespace) -> dict:
-    """The data of a run: train/validation (and test, for real data) splits, the loss, defaults."""
-    rng = np.random.default_rng(args.seed)
+    """The data of a run: the training (and, for real data, test) set, the loss, defaults."""
     test = None
     if args.dataset == "fashion-mnist":
         (X, y), test = datasets.load_fashion_mnist(args.data_dir)
@@ -95,11 +94,7 @@ def _load_task(args: argparse.Namespace) -> dict:
             X, y = data.spirals(args.samples, n_classes=args.classes, seed=args.seed)
         task = {"loss": "mse" if name == "regression" else "cross_entropy", "hidden": [64, 64], "lr": 1e-2,
                 "name": name}
-    order = rng.permutation(len(X))
-    n_val = int(round(len(X) * args.validation))
-    val, train = order[:n_val], order[n_val:]
-    task.update(train=(X[train], y[train]), validation=(X[val], y[val]) if n_val else None, test=test,
-                outputs=y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    task.update(train=(X, y), test=test, outputs=y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
     return task
 
 
@@ -124,10 +119,10 @@ def _train(args: argparse.Namespace) -> int:
     net = MLP([X.shape[1], *hidden, task["outputs"]], activation=args.activation, loss=task["loss"],
               backend=args.backend, dtype=args.dtype, seed=args.seed)
     optimizer = _optimizer(args, args.lr if args.lr is not None else task["lr"])
-    n_val = 0 if task["validation"] is None else len(task["validation"][0])
+    n_val = inputs.validation_size(len(X), args.validation) if args.validation else 0
     n_test = 0 if task["test"] is None else len(task["test"][0])
     print(f"gpubp {__version__}: {net}")
-    print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: {len(X)} training, "
+    print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: {len(X) - n_val} training, "
           f"{n_val} validation" + (f", {n_test} test" if n_test else "") + " samples")
     print(f"optimizer: {optimizer}; lr schedule: {args.lr_schedule}; batch size {args.batch_size}; "
           f"{args.epochs} epochs" + (f", early stopping after {args.early_stopping}" if args.early_stopping else ""))
@@ -135,22 +130,21 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint:
         raise GpubpValueError("--resume needs --checkpoint PATH, the file to resume from")
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
-                      validation_data=task["validation"], progress=not args.no_progress, seed=args.seed,
+                      validation_split=args.validation, progress=not args.no_progress, seed=args.seed,
                       lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None,
                       on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume)
     wall = time.perf_counter() - started
     if args.no_progress:
         for epoch, record in zip(history.epochs, history.records):
             print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
-    final = dict(history.records[-1])
-    final.pop("time")
+    final = {k: v for k, v in history.records[-1].items() if k not in ("time", "val_time")}
     summary: dict[str, float] = {**final, "epochs": len(history)}
     if history.stopped_epoch is not None:
         summary["best_epoch"] = history.best_epoch or 0
     if task["test"] is not None:
         for key, value in net.evaluate(*task["test"]).items():
             summary[f"test_{key}"] = value
-    summary["train_samples_per_s"] = len(X) * len(history) / sum(history["time"])
+    summary["train_samples_per_s"] = (len(X) - n_val) * len(history) / sum(history["time"])
     summary["wall_s"] = wall
     print("final: " + ", ".join(f"{key} {value:.4g}" for key, value in summary.items()))
     if args.save:
@@ -160,16 +154,12 @@ def _train(args: argparse.Namespace) -> int:
         with open(args.history, "w", encoding="utf-8") as handle:
             json.dump({**history.as_dict(), "summary": summary}, handle, indent=1)
     if args.plot:
-        from .plot import plot_history
-
         title = f"{task['name'].split(' from ')[0]}: {net.sizes}, {args.activation}, {optimizer}"
         print(f"learning curves written to {plot_history(history, args.plot, title=title)}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import benchmark
-
     names = available_backends() if args.backend == "all" else [args.backend]
     backends = [get_backend(name) for name in names]
     for flag, value in (("--repeats", args.repeats), ("--max-step-s", args.max_step_s)):

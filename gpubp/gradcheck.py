@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import _validate as check
-
-if TYPE_CHECKING:
-    from .mlp import MLP
+from .mlp import MLP
 
 
 def gradcheck(net: MLP, X: Any, Y: Any, *, eps: float = 1e-5, atol: float = 1e-6, max_params: int | None = None,
@@ -17,7 +15,7 @@ def gradcheck(net: MLP, X: Any, Y: Any, *, eps: float = 1e-5, atol: float = 1e-6
     """The worst relative error between backprop and finite-difference gradients.
 
     A float64 copy of ``net`` (same architecture, weights and backend) computes
-    the analytic gradients with :meth:`MLP.loss_and_grads` and, for every
+    the analytic gradients by backpropagation (:meth:`MLP.compute_gradients`) and, for every
     parameter θᵢ (or ``max_params`` of them drawn at random),
     ``(L(θ + εeᵢ) − L(θ − εeᵢ)) / 2ε``. The relative error of one parameter is
     ``|g − ĝ| / max(|g| + |ĝ|, atol)``: the floor keeps gradients that are zero
@@ -25,21 +23,23 @@ def gradcheck(net: MLP, X: Any, Y: Any, *, eps: float = 1e-5, atol: float = 1e-6
     from counting as large relative errors. ``net`` is not modified.
     A wrong gradient gives errors of 1e-2 and more; right ones stay below 1e-5.
     """
-    from .mlp import MLP
-
     eps = check.positive_float("eps", eps)
     atol = check.positive_float("atol", atol)
-    twin = MLP(net.sizes, activation=net.activations, output_activation=net.output_activation,
-               loss=net.loss.name, backend=net.backend, dtype="float64", init=net.init)
-    twin.set_weights(net.get_weights())
-    ws = twin._load_batch(X, Y)
-    twin._loss_and_grads(ws)
-    analytic = twin.backend.to_host(twin.grads)
+    twin = MLP.from_config({**net.config(), "dtype": "float64"}, net.backend.to_host(net.params).astype(np.float64),
+                           net.backend)
+    with twin.backend.activate():
+        ws = twin.load_batch(X, Y)
+        twin.compute_gradients(ws)
+        analytic = twin.backend.to_host(twin.grads)
+        return _worst_error(twin, ws, analytic, eps, atol, max_params, seed)
 
+
+def _worst_error(twin: MLP, ws: Any, analytic: np.ndarray, eps: float, atol: float, max_params: int | None,
+                 seed: int) -> float:
     def loss_at(index: int, value: float) -> float:
         twin.params[index] = value
-        twin._forward(ws)
-        return float(twin._loss(ws))
+        twin.feedforward(ws)
+        return float(twin.compute_loss(ws))
 
     indices = np.arange(twin.n_params)
     if max_params is not None and check.positive_int("max_params", max_params) < twin.n_params:

@@ -29,6 +29,10 @@ class Schedule:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
+    def describe(self) -> dict[str, Any]:
+        """The schedule as JSON-ready data, the same in every process (a checkpoint compares it on resume)."""
+        return {"class": type(self).__name__, **vars(self)}
+
 
 class Constant(Schedule):
     """The base learning rate throughout."""
@@ -77,6 +81,11 @@ class Lambda(Schedule):
 
     def __call__(self, epoch: int, base_lr: float, epochs: int) -> float:
         return self.function(epoch)
+
+    def describe(self) -> dict[str, Any]:
+        """The function by its module and qualified name (its code cannot be compared across processes)."""
+        name = getattr(self.function, "__qualname__", type(self.function).__qualname__)
+        return {"class": "Lambda", "function": f"{getattr(self.function, '__module__', '?')}.{name}"}
 
 
 SCHEDULES = ("constant", "step", "cosine")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gpubp.backends import NumpyBackend
 from gpubp.backends._kernels import KERNELS, FusedOps, kernel_dir
-from gpubp.backends.fused import FusedKernels
+from gpubp.backends.fused import FusedBackend
+from gpubp.backends.numpy_backend import cpu_name
 
 HERE = Path(__file__).resolve().parent
 _CODES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d", np.dtype(np.int32): "i", np.dtype(np.int64): "q"}
@@ -67,7 +67,7 @@ class HostKernels:
         function.restype = ctypes.c_char_p
         return function().decode()
 
-    def get(self, filename: str, name: str):
+    def get(self, filename: str, name: str, device: int = 0):
         assert name in KERNELS[filename], (filename, name)
         launch = getattr(self._lib, f"gpubp_launch_{self._index[name]}")
         signature = self.signature(name)
@@ -96,11 +96,13 @@ class HostKernels:
         return run
 
 
-class HostFusedBackend(FusedKernels, NumpyBackend):
+class HostFusedBackend(FusedBackend):
     """NumPy arrays, fused-kernel operations run on the host build; single-threaded."""
 
     name = "fused-host"
 
     def __init__(self, kernels: HostKernels, max_blocks: int = 3, bias_grad: str = "kernel") -> None:
-        NumpyBackend.__init__(self, threads=1)
-        self._init_fused(FusedOps(kernels, max_blocks=max_blocks), bias_grad)
+        super().__init__(np, FusedOps(kernels, max_blocks=max_blocks), bias_grad)
+
+    def device_name(self) -> str:
+        return f"host build of the CUDA kernels on {cpu_name()}"

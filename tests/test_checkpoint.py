@@ -25,13 +25,18 @@ RUN = textwrap.dedent("""
     import sys, numpy as np, gpubp
     from gpubp.optim import Adam, AdamW, SGD
     X, y = gpubp.data.spirals(600, n_classes=3, seed=0)
+    CRASH_AT = None
+    def schedule(epoch):  # StepLR(2, 0.5) of a base rate of 0.01, and a crash where the test wants one
+        if epoch == CRASH_AT:
+            raise KeyboardInterrupt(f"interrupted before epoch {epoch}")
+        return 0.01 * 0.5 ** ((epoch - 1) // 2)
     def run(epochs, checkpoint=None, resume=False, optimizer="adam"):
         net = gpubp.MLP([2, 24, 24, 3], activation=["gelu", "relu"], loss="cross_entropy", backend="numpy",
                         seed=0)
         make = {"adam": lambda: Adam(0.01), "adamw": lambda: AdamW(0.01),
                 "sgd": lambda: SGD(0.05, momentum=0.9, nesterov=True)}[optimizer]
         history = net.fit(X, y, epochs=epochs, batch_size=32, optimizer=make(), validation_split=0.1, seed=7,
-                          lr_schedule=gpubp.schedules.StepLR(2, 0.5), early_stopping=50, progress=False,
+                          lr_schedule=schedule, early_stopping=50, progress=False,
                           checkpoint=checkpoint, resume=resume)
         return net, history
 """)
@@ -46,10 +51,17 @@ def _python(code: str) -> str:
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_resume_in_a_new_process_is_bit_identical(tmp_path, optimizer):
-    """N = 3 epochs, checkpoint, then a new process resumes to N + M = 6: the same weights, bit for bit,
-    as 6 epochs straight (same seed and data order; a schedule, a validation split and early stopping on)."""
+    """A run of 6 epochs interrupted after 3 (checkpointed), then resumed in a new process: the same weights,
+    bit for bit, as 6 epochs straight (same seed and data order; a schedule, a validation split and early
+    stopping on)."""
     checkpoint, out = tmp_path / "ck.npz", tmp_path
-    _python(RUN + f"run(3, {str(checkpoint)!r}, optimizer={optimizer!r})")
+    _python(RUN + textwrap.dedent(f"""
+        CRASH_AT = 4
+        try:
+            run(6, {str(checkpoint)!r}, optimizer={optimizer!r})
+        except KeyboardInterrupt:
+            pass
+    """))
     assert load_checkpoint(checkpoint, backend="numpy").progress["epoch"] == 3
     _python(RUN + textwrap.dedent(f"""
         net, history = run(6, {str(checkpoint)!r}, resume=True, optimizer={optimizer!r})
@@ -91,16 +103,16 @@ def test_checkpoint_contents_and_load(tmp_path):
     np.testing.assert_array_equal(loaded.get_weights()[0], net.get_weights()[0])
     with np.load(path, allow_pickle=False) as archive:
         metadata = json.loads(str(archive["metadata"]))
-    assert metadata["format"] == "gpubp.checkpoint" and metadata["version"] == 1
+    assert metadata["format"] == "gpubp.checkpoint" and metadata["version"] == 2
     assert set(metadata["arrays"]) == {"params", "optimizer.m", "optimizer.v"}
 
 
 def test_checkpoint_every_k_epochs(tmp_path, monkeypatch):
     written = []
-    import gpubp.io
+    import gpubp.checkpoint
 
-    real = gpubp.io.save_checkpoint
-    monkeypatch.setattr(gpubp.io, "save_checkpoint", lambda path, net, opt, progress, best=None: (
+    real = gpubp.checkpoint.save_checkpoint
+    monkeypatch.setattr(gpubp.checkpoint, "save_checkpoint", lambda path, net, opt, progress, best=None: (
         written.append(progress["epoch"]), real(path, net, opt, progress, best))[1])
     _fit(_net(), SGD(0.1), 7, tmp_path / "ck.npz", checkpoint_every=3)
     assert written == [3, 6, 7]  # every third epoch and the last
@@ -172,7 +184,7 @@ def _tamper(path, out, edit_metadata=None, drop=None, replace=None):
     (lambda p, o: _tamper(p, o, replace={"optimizer.m": np.zeros(3, np.float32)}),
      r"array 'optimizer.m' has shape \[3\]"),
     (lambda p, o: _tamper(p, o, replace={"params": np.zeros(59, np.float64)}), "array 'params' has shape"),
-    (lambda p, o: _tamper(p, o, edit_metadata=lambda m: m.update(version=2)), "checkpoint format version 2"),
+    (lambda p, o: _tamper(p, o, edit_metadata=lambda m: m.update(version=1)), "checkpoint format version 1"),
     (lambda p, o: _tamper(p, o, edit_metadata=lambda m: m.pop("progress")), "checkpoint metadata lacks 'progress'"),
     (lambda p, o: _tamper(p, o, edit_metadata=lambda m: m["optimizer"].update({"class": "Lion"})),
      "unknown optimizer class 'Lion'"),
@@ -196,14 +208,14 @@ WRITER = textwrap.dedent("""
     from gpubp.optim import Adam
     net = gpubp.MLP([1000, 2000, 10], backend="numpy", seed=0)  # 2 M parameters: ~8 MB per array
     optimizer = Adam(1e-3)
-    optimizer._buffers(net.backend, net.params, ("m", "v"))
+    optimizer._buffers(net.backend, net.params)
     k = 0
     while True:
         k += 1
         net.params.fill(k)
         optimizer.state["m"].fill(k)
         optimizer.state["v"].fill(k)
-        optimizer.steps = k
+        optimizer.state["steps"][0] = k  # the step count lives beside the moments, on the device
         save_checkpoint(sys.argv[1], net, optimizer, {"epoch": k})
         print(k, flush=True)
 """)

@@ -105,10 +105,21 @@ def test_train_option_errors(argv, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_train_checkpoint_and_resume(tmp_path, capsys):
+def test_train_checkpoint_and_resume(tmp_path, capsys, monkeypatch):
     checkpoint = tmp_path / "run.ckpt.npz"
     common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint)]
-    assert main(common + ["--epochs", "2"]) == 0
+    real_lr = gpubp.training.checked_lr
+
+    def interrupted(schedule, epoch, base_lr, epochs):  # the first run dies before its third epoch
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_lr(schedule, epoch, base_lr, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gpubp.training, "checked_lr", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main(common + ["--epochs", "4"])
+    capsys.readouterr()
     assert main(common + ["--epochs", "4", "--resume"]) == 0
     out = capsys.readouterr().out
     assert out.count("\nepoch 3: ") == 1 and "epochs 4" in out

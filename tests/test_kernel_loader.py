@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import re
 import sys
 import types
@@ -70,10 +72,11 @@ def test_compile_failure_carries_the_nvrtc_log(monkeypatch):
     cupy = types.ModuleType("cupy")
     cupy.RawModule = RawModule
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                                      Device=lambda device: contextlib.nullcontext(),
                                       compiler=types.SimpleNamespace(CompileException=CompileException))
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     modules = _kernels.CudaModules()
     with pytest.raises(KernelCompileError, match='(?s)kernels/optim.cu failed to compile.*"oops" is undefined') as info:
-        modules.get("optim.cu", "gpubp::sgd_step<float>")
+        modules.get("optim.cu", "gpubp::sgd_step<float>", 0)
     assert isinstance(info.value, GpubpError) and isinstance(info.value, RuntimeError)
     assert not modules._modules  # a failed module is not cached; the next call retries

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp import optim
 from gpubp.activations import ACTIVATIONS
-from gpubp.backends.base import Backend
+from gpubp.backends.base import Backend, adam_math, sgd_math
 from gpubp.losses import LOSSES
 
 from conftest import requires_gpu
@@ -249,12 +248,13 @@ ADAM_CASES = {
 def test_sgd_step(kb, case, n, dtype, rng):
     hyper = SGD_CASES[case]
     params, velocity = rng.normal(0, 1, n).astype(dtype), np.zeros(n, dtype)
-    p_dev, v_dev = dev(kb, params), dev(kb, velocity)
+    p_dev, v_dev, steps = dev(kb, params), dev(kb, velocity), kb.zeros(1, np.int64)
     for _ in range(3):
         grads = rng.normal(0, 1, n).astype(dtype)
-        optim.sgd_update(np, params, grads, velocity, np.empty_like(params), **hyper)
-        kb.sgd_update(p_dev, dev(kb, grads), v_dev if hyper["momentum"] else None, None, **hyper)
+        sgd_math(np, params, grads, velocity, np.empty_like(params), **hyper)
+        kb.sgd_update(p_dev, dev(kb, grads), v_dev if hyper["momentum"] else None, steps, None, **hyper)
     close(host(kb, p_dev), params, dtype)
+    assert host(kb, steps).tolist() == [3]
     if hyper["momentum"]:
         close(host(kb, v_dev), velocity, dtype)
 
@@ -265,13 +265,14 @@ def test_sgd_step(kb, case, n, dtype, rng):
 def test_adam_step(kb, case, n, dtype, rng):
     hyper = ADAM_CASES[case]
     params, m, v = rng.normal(0, 1, n).astype(dtype), np.zeros(n, dtype), np.zeros(n, dtype)
-    p_dev, m_dev, v_dev = dev(kb, params), dev(kb, m), dev(kb, v)
-    for step in range(1, 4):
+    p_dev, m_dev, v_dev, steps = dev(kb, params), dev(kb, m), dev(kb, v), kb.zeros(1, np.int64)
+    for step in range(1, 4):  # the kernel reads the step count from the device
         grads = rng.normal(0, 1, n).astype(dtype)
-        optim.adam_update(np, params, grads, m, v, np.empty_like(params), np.empty_like(params), step=step, **hyper)
-        kb.adam_update(p_dev, dev(kb, grads), m_dev, v_dev, None, None, step=step, **hyper)
+        adam_math(np, params, grads, m, v, np.empty_like(params), np.empty_like(params), step=step, **hyper)
+        kb.adam_update(p_dev, dev(kb, grads), m_dev, v_dev, steps, None, **hyper)
     for actual, expected in ((p_dev, params), (m_dev, m), (v_dev, v)):
         close(host(kb, actual), expected, dtype)
+    assert host(kb, steps).tolist() == [3]
 
 
 # --- launches ------------------------------------------------------------------------------------------
@@ -286,8 +287,8 @@ def test_more_elements_than_one_grid(kb, rng, monkeypatch):
     close(host(kb, z_dev), np.tanh(z + b), "float64")
     params = rng.normal(0, 1, 4257)
     p_dev = dev(kb, params)
-    kb.sgd_update(p_dev, dev(kb, np.ones(4257)), None, None, lr=0.5, momentum=0.0, nesterov=False,
-                  weight_decay=0.0)
+    kb.sgd_update(p_dev, dev(kb, np.ones(4257)), None, kb.zeros(1, np.int64), None, lr=0.5, momentum=0.0,
+                  nesterov=False, weight_decay=0.0)
     close(host(kb, p_dev), params - 0.5, "float64")
 
 
@@ -349,10 +350,12 @@ def test_nonfinite_flag(kb, n, bad, dtype, rng, monkeypatch):
 def test_optimizer_kernels_skip_when_flagged(kb, rng):
     params = rng.normal(size=50)
     p_dev, skip = dev(kb, params), kb.asarray(np.array([1], np.int32))
-    kb.sgd_update(p_dev, dev(kb, np.ones(50)), None, None, skip, lr=0.1, momentum=0.0, nesterov=False,
+    steps = kb.asarray(np.array([5], np.int64))
+    kb.sgd_update(p_dev, dev(kb, np.ones(50)), None, steps, skip, lr=0.1, momentum=0.0, nesterov=False,
                   weight_decay=0.0)
     m, v = kb.zeros(50, "float64"), kb.zeros(50, "float64")
-    kb.adam_update(p_dev, dev(kb, np.ones(50)), m, v, None, None, skip, step=1, lr=0.1, beta1=0.9, beta2=0.999,
+    kb.adam_update(p_dev, dev(kb, np.ones(50)), m, v, steps, skip, lr=0.1, beta1=0.9, beta2=0.999,
                    eps=1e-8, weight_decay=0.0, decoupled=False)
     np.testing.assert_array_equal(host(kb, p_dev), params)
     assert not host(kb, m).any() and not host(kb, v).any()
+    assert host(kb, steps).tolist() == [5], "a skipped step is not counted"

@@ -168,7 +168,8 @@ def test_fit_history_and_validation(backend):
     history = net.fit(X[:500], y[:500], epochs=3, batch_size=64, validation_data=(X[500:], y[500:]),
                       progress=False)
     assert len(history) == 3 and history.epochs == [1, 2, 3]
-    assert set(history.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "time", "samples_per_s"}
+    assert set(history.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "time", "samples_per_s",
+                                  "val_time"}
     assert history["val_loss"][-1] == pytest.approx(net.evaluate(X[500:], y[500:])["loss"], rel=1e-6)
     assert all(t > 0 for t in history["time"])
     assert history.as_dict()["epoch"] == [1, 2, 3]
@@ -225,9 +226,9 @@ def test_workspace_is_reused_per_batch_shape(backend, rng):
     net = gpubp.MLP([3, 5, 2], backend=backend, seed=0)
     optimizer = SGD(0.1)
     net.train_step(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)), optimizer)
-    first = net._workspaces[8]
+    first = net.workspace(8)
     net.train_step(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)), optimizer)
-    assert net._workspaces[8] is first
+    assert net.workspace(8) is first
 
 
 def test_float64_network(backend, rng):

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import functools
 import logging
+
 from ..errors import BackendUnavailableError, GpubpTypeError, GpubpValueError
 from .base import Backend
+from .cupy_backend import CupyBackend
+from .fused import FusedBackend
 from .numpy_backend import NumpyBackend
+from .spec import Array, BackendSpec, HostArray
 
-__all__ = ["Backend", "NumpyBackend", "available_backends", "cupy_status", "get_backend"]
+__all__ = ["Array", "Backend", "BackendSpec", "CupyBackend", "FusedBackend", "HostArray", "NumpyBackend",
+           "available_backends", "cupy_status", "get_backend"]
 
 logger = logging.getLogger("gpubp")
 
@@ -112,8 +117,6 @@ def _numpy_backend() -> Backend:
 
 @functools.lru_cache(maxsize=None)
 def _cupy_backend() -> Backend:
-    from .cupy_backend import CupyBackend
-
     return CupyBackend()
 
 

@@ -61,6 +61,7 @@ def _instantiations() -> dict[str, list[str]]:
         kernels["reduce.cu"] += [f"gpubp::column_partials<{ctype}>", f"gpubp::column_total<{ctype}>",
                                  f"gpubp::any_nonfinite<{ctype}>"]
         kernels["optim.cu"] += [f"gpubp::sgd_step<{ctype}>", f"gpubp::adam_step<{ctype}>"]
+    kernels["optim.cu"].append("gpubp::count_step")
     return kernels
 
 
@@ -114,21 +115,24 @@ def file_of(name_expression: str) -> str:
 
 # --- the GPU provider ---------------------------------------------------------------------------------
 class CudaModules:
-    """``cupy.RawModule`` per (device, file), compiled on first use with every instantiation of the file."""
+    """``cupy.RawModule`` per (device, file), compiled on first use with every instantiation of the file.
+
+    ``get`` compiles and loads for the device it is given, made current for the duration, whatever
+    device the caller had current.
+    """
 
     def __init__(self) -> None:
         self._modules: dict[tuple[int, str], Any] = {}
         self._functions: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, filename: str, name_expression: str) -> Callable[..., None]:
+    def get(self, filename: str, name_expression: str, device: int) -> Callable[..., None]:
         import cupy
 
-        device = cupy.cuda.runtime.getDevice()
         key = (device, name_expression)
         function = self._functions.get(key)
         if function is None:
-            with self._lock:
+            with self._lock, cupy.cuda.Device(device):
                 try:  # CuPy compiles on the first get_function (NVRTC), caching the binary on disk
                     module = self._modules.get((device, filename))
                     if module is None:
@@ -152,37 +156,49 @@ BLOCK = 256
 
 
 class FusedOps:
-    """Launches the fused kernels on arrays of one array module, through a function provider.
+    """Launches the fused kernels on arrays of one array module and one device, through a function provider.
 
-    ``max_blocks`` caps the grid of the grid-stride kernels (enough blocks to
-    fill the device; each thread then loops). Arrays must be C-contiguous
-    (every workspace and parameter buffer is); a violation is a bug in gpubp
-    and raises ``AssertionError``.
+    ``provider.get(file, name, device)`` returns the kernel compiled for
+    ``device``; the functions looked up are cached per (device, dtype,
+    kernel). ``max_blocks`` caps the grid of the grid-stride kernels (enough
+    blocks to fill the device; each thread then loops). Every launch goes
+    through :meth:`_launch`, which requires C-contiguous arrays (every
+    workspace and parameter buffer is); a violation is a bug in gpubp and
+    raises ``AssertionError``.
     """
 
-    def __init__(self, provider: Any, max_blocks: int) -> None:
+    def __init__(self, provider: Any, max_blocks: int, device: int = 0) -> None:
         self.provider = provider
         self.max_blocks = max(1, int(max_blocks))
-        self._functions: dict[tuple[Any, str, str | None], Callable[..., None]] = {}
+        self.device = int(device)
+        self._functions: dict[tuple[int, Any, str, str | None], Callable[..., None]] = {}
 
     def _function(self, dtype: Any, template: str, functor: str | None = None) -> Callable[..., None]:
-        key = (dtype, template, functor)
+        key = (self.device, dtype, template, functor)
         function = self._functions.get(key)
         if function is None:  # first launch of this instantiation (per FusedOps): look it up once
-            ctype = CTYPES[np.dtype(dtype)]
-            args = f"{ctype}, gpubp::{functor}" if functor else ctype
-            name = f"gpubp::{template}<{args}>"
-            function = self._functions[key] = self.provider.get(file_of(name), name)
+            if dtype is None:  # a kernel that is not a template
+                name = f"gpubp::{template}"
+            else:
+                ctype = CTYPES[np.dtype(dtype)]
+                args = f"{ctype}, gpubp::{functor}" if functor else ctype
+                name = f"gpubp::{template}<{args}>"
+            function = self._functions[key] = self.provider.get(file_of(name), name, self.device)
         return function
 
     def _grid(self, n: int) -> int:
         return min((n + BLOCK - 1) // BLOCK, self.max_blocks)
 
-    def _launch(self, n: int, function: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def _launch(self, n: int, function: Callable[..., None], args: tuple[Any, ...],
+                grid: tuple[int, ...] | None = None, block: tuple[int, ...] = (BLOCK,)) -> None:
+        """Launch over ``n`` elements (nothing when ``n`` is 0), after checking every array is contiguous.
+
+        ``grid`` defaults to the grid-stride grid for ``n``.
+        """
         for arg in args:
             assert not hasattr(arg, "flags") or arg.flags.c_contiguous, "fused kernels need contiguous arrays"
         if n > 0:
-            function((self._grid(n),), (BLOCK,), args)
+            function(grid if grid is not None else (self._grid(n),), block, args)
 
     # activations --------------------------------------------------------------------------------------
     def bias_act_forward(self, activation: str, z: Any, b: Any, a: Any) -> None:
@@ -244,9 +260,9 @@ class FusedOps:
         if cols == 0:
             return
         target = out if chunks == 1 else partials
-        first = self._function(x.dtype, "column_partials")
-        first(((cols + 31) // 32, (chunks + 7) // 8), (32, 8),
-              (x, target, np.int64(rows), np.int64(cols), np.int64(chunk_rows), np.int64(chunks)))
+        self._launch(cols, self._function(x.dtype, "column_partials"),
+                     (x, target, np.int64(rows), np.int64(cols), np.int64(chunk_rows), np.int64(chunks)),
+                     grid=((cols + 31) // 32, (chunks + 7) // 8), block=(32, 8))
         if chunks > 1:
             self._launch(cols, self._function(x.dtype, "column_total"),
                          (partials, out, np.int64(chunks), np.int64(cols)))
@@ -254,10 +270,15 @@ class FusedOps:
     # divergence guard -------------------------------------------------------------------------------
     def any_nonfinite(self, x: Any, loss: Any, flag: Any) -> None:
         """``flag[0] = 1`` if ``loss`` (0-d) or any element of ``x`` is not finite; else ``flag`` is unchanged."""
-        function = self._function(x.dtype, "any_nonfinite")
-        function((max(1, self._grid(x.size)),), (BLOCK,), (x, np.int64(x.size), loss, flag))
+        # launched also for an empty x: the loss is checked all the same
+        self._launch(1, self._function(x.dtype, "any_nonfinite"), (x, np.int64(x.size), loss, flag),
+                     grid=(max(1, self._grid(x.size)),))
 
     # optimizers ---------------------------------------------------------------------------------------
+    def count_step(self, steps: Any, skip: Any) -> None:
+        """``steps[0] += 1`` unless ``skip[0]`` is set (one thread; both are device arrays)."""
+        self._launch(1, self._function(None, "count_step"), (steps, skip), grid=(1,), block=(1,))
+
     def sgd_step(self, params: Any, grads: Any, velocity: Any, skip: Any, *, lr: float, momentum: float,
                  nesterov: bool, weight_decay: float) -> None:
         """One SGD step; does nothing on the device when ``skip[0]`` (an int32 device flag) is set."""
@@ -267,14 +288,13 @@ class FusedOps:
             params, grads, params if velocity is None else velocity, np.int64(params.size), scalar(lr),
             scalar(momentum), scalar(lr * momentum), scalar(weight_decay), np.int32(bool(nesterov)), skip))
 
-    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, skip: Any, *, step: int, lr: float,
+    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, steps: Any, skip: Any, *, lr: float,
                   beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
-        """One Adam/AdamW step; does nothing on the device when ``skip[0]`` is set."""
+        """One Adam/AdamW step with the bias corrections of step ``steps[0]`` (a device int64, already
+        counted); does nothing on the device when ``skip[0]`` is set."""
         scalar = params.dtype.type
-        bias_correction1 = 1.0 - beta1**step
-        inv_bias_correction2_sqrt = 1.0 / np.sqrt(1.0 - beta2**step)
         function = self._function(params.dtype, "adam_step")
         self._launch(params.size, function, (
             params, grads, m, v, np.int64(params.size), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
-            scalar(inv_bias_correction2_sqrt), scalar(eps), scalar(lr / bias_correction1),
-            scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled)), skip))
+            scalar(eps), scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled)),
+            np.float64(beta1), np.float64(beta2), np.float64(lr), steps, skip))

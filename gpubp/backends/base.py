@@ -10,25 +10,35 @@ fused CUDA kernels of the same names — and every backend is tested against it.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+import math
+import threading
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 import numpy as np
 
-from .. import optim
-from ..activations import Activation
-from ..losses import Loss
+from .spec import Array, HostArray
+
+if TYPE_CHECKING:
+    from ..activations import Activation
+    from ..losses import Loss
 
 
 class Backend:
-    """Array operations for one array module (``xp``) and one device."""
+    """Array operations for one array module (``xp``) and one device; implements
+    :class:`~gpubp.backends.spec.BackendSpec`.
+
+    A backend object may be shared by networks trained in several threads: what
+    it keeps between calls (scratch buffers) is kept per thread.
+    """
 
     name = "base"
     is_gpu = False
-    needs_optimizer_scratch = True
-    """Whether the optimizer updates need scratch buffers the size of the parameters (fused ones do not)."""
 
     def __init__(self, xp: Any):
         self.xp = xp
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"<gpubp backend {self.name!r} on {self.device_name()}>"
@@ -37,53 +47,77 @@ class Backend:
     def device_name(self) -> str:
         raise NotImplementedError
 
-    def empty(self, shape: Any, dtype: Any) -> Any:
+    def activate(self) -> ContextManager[Any]:
+        """``with backend.activate():`` runs the block with this backend's device current (nothing on the CPU)."""
+        return contextlib.nullcontext()
+
+    def empty(self, shape: Any, dtype: Any) -> Array:
         return self.xp.empty(shape, dtype=dtype)
 
-    def zeros(self, shape: Any, dtype: Any) -> Any:
+    def zeros(self, shape: Any, dtype: Any) -> Array:
         return self.xp.zeros(shape, dtype=dtype)
 
     def is_device_array(self, value: Any) -> bool:
         """True when ``value`` already lives where this backend computes."""
         return isinstance(value, self.xp.ndarray)
 
-    def asarray(self, value: Any, dtype: Any = None) -> Any:
+    def asarray(self, value: Any, dtype: Any = None) -> Array:
         """A new backend array holding a copy of ``value`` (host or device)."""
         return self.xp.array(value, dtype=dtype, copy=True)
 
-    def copy_into(self, out: Any, value: Any) -> None:
+    def copy_into(self, out: Array, value: Any) -> None:
         """``out[...] = value`` with dtype conversion, without allocating a device array."""
         self.xp.copyto(out, value, casting="unsafe")
 
-    def to_host(self, value: Any) -> np.ndarray:
+    def to_host(self, value: Array) -> HostArray:
         """A NumPy copy of a backend array."""
         return np.array(value, copy=True)
 
     def synchronize(self) -> None:
         """Wait until queued work has finished (a no-op where work is synchronous)."""
 
-    def all_finite(self, value: Any) -> bool:
+    def scratch(self, name: str, shape: Any, dtype: Any) -> Array:
+        """A buffer of ``shape`` owned by this backend for the calling thread (contents undefined).
+
+        One allocation per (thread, name, dtype), grown when a larger one is
+        asked for; smaller requests get a view of its first elements. Threads
+        never share one, so networks trained in parallel threads do not race.
+        """
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        size = math.prod(shape)
+        buffers: dict[tuple[str, np.dtype], Array] = self._local.__dict__.setdefault("buffers", {})
+        key = (name, np.dtype(dtype))
+        buffer = buffers.get(key)
+        if buffer is None or buffer.size < size:
+            buffer = buffers[key] = self.empty((size,), key[1])
+        return buffer[:size].reshape(shape)
+
+    def elementwise(self, function: Callable[..., None], arrays: list[Any]) -> None:
+        """``function(*arrays)``, for an elementwise ``function`` (the NumPy backend splits it over threads)."""
+        function(*arrays)
+
+    def all_finite(self, value: Array) -> bool:
         return bool(self.xp.isfinite(value).all())
 
-    def take_rows(self, source: Any, index: Any, out: Any) -> None:
+    def take_rows(self, source: Array, index: Array, out: Array) -> None:
         """``out = source[index]`` along the first axis, into a preallocated buffer."""
         self.xp.take(source, index, axis=0, out=out)
 
-    def one_hot(self, labels: Any, row_index: Any, out: Any) -> None:
+    def one_hot(self, labels: Array, row_index: Array, out: Array) -> None:
         """``out[n, k] = 1 if labels[n] == k else 0``; ``row_index`` is ``arange(N)``."""
         out.fill(0)
         out[row_index, labels] = 1
 
     # --- the layer's linear map ---------------------------------------------------------------
-    def matmul(self, a: Any, b: Any, out: Any) -> None:
+    def matmul(self, a: Array, b: Array, out: Array) -> None:
         """``out = a @ b`` (one GEMM; ``a`` or ``b`` may be transposed views)."""
         self.xp.matmul(a, b, out=out)
 
-    def add_bias(self, z: Any, b: Any) -> None:
+    def add_bias(self, z: Array, b: Array) -> None:
         """``z += b``, broadcast over the rows (the ``+ b`` of ``Z = A·W + b``)."""
         self.xp.add(z, b, out=z)
 
-    def bias_grad(self, delta: Any, ones: Any, out: Any) -> None:
+    def bias_grad(self, delta: Array, ones: Array, out: Array) -> None:
         """BP3: ``∂L/∂b = Σ_rows δ = 1ᵀ·δ``, overwriting ``out``.
 
         Written as a GEMV against a vector of ones: BLAS parallelises it and
@@ -92,37 +126,39 @@ class Backend:
         self.xp.matmul(ones, delta, out=out)
 
     # --- activations and losses ---------------------------------------------------------------
-    def bias_activation_forward(self, activation: Activation, z: Any, b: Any, a: Any, tmp: Any) -> None:
+    def bias_activation_forward(self, activation: Activation, z: Array, b: Array, a: Array, tmp: Array) -> None:
         """``z += b`` then ``a = σ(z)``: the rest of a layer's forward pass after its GEMM."""
         self.add_bias(z, b)
         self.activation_forward(activation, z, a, tmp)
 
-    def bias_loss_output(self, loss: Loss, z: Any, b: Any, a: Any, tmp: Any, rows: Any) -> None:
+    def bias_loss_output(self, loss: Loss, z: Array, b: Array, a: Array, tmp: Array, rows: Array) -> None:
         """``z += b`` then the probabilities of a loss that fuses its output activation (softmax, sigmoid)."""
         self.add_bias(z, b)
         self.loss_output(loss, z, a, tmp, rows)
 
-    def activation_forward(self, activation: Activation, z: Any, a: Any, tmp: Any) -> None:
+    def activation_forward(self, activation: Activation, z: Array, a: Array, tmp: Array) -> None:
         """``a = σ(z)``; ``a`` may be ``z`` itself when σ' does not need ``z``."""
-        activation.forward(self.xp, z, a, tmp)
+        xp = self.xp
+        self.elementwise(lambda z_, a_, tmp_: activation.forward(xp, z_, a_, tmp_), [z, a, tmp])
 
-    def activation_backward(self, activation: Activation, delta: Any, z: Any, a: Any,
-                            tmp: Any, tmp2: Any) -> None:
+    def activation_backward(self, activation: Activation, delta: Array, z: Array, a: Array,
+                            tmp: Array, tmp2: Array) -> None:
         """``delta ← delta ⊙ σ'(z)`` in place (the last factor of BP1 and BP2)."""
-        activation.backward(self.xp, delta, z, a, tmp, tmp2)
+        xp = self.xp
+        self.elementwise(lambda *block: activation.backward(xp, *block), [delta, z, a, tmp, tmp2])
 
-    def loss_output(self, loss: Loss, z: Any, a: Any, tmp: Any, rows: Any) -> None:
+    def loss_output(self, loss: Loss, z: Array, a: Array, tmp: Array, rows: Array) -> None:
         """Probabilities from logits for the losses that fuse their output activation."""
         assert loss.output is not None
         loss.output(self.xp, z, a, tmp, rows)
 
-    def loss_value_and_delta(self, loss: Loss, z: Any, a: Any, y: Any, delta: Any,
-                             tmp: Any, rows: Any) -> Any:
+    def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array,
+                             tmp: Array, rows: Array) -> Array:
         """The loss as a 0-d array; writes the output error into ``delta`` (BP1)."""
         return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows))
 
     # --- divergence guard ---------------------------------------------------------------------
-    def nonfinite_flag(self, values: Any, loss: Any, flag: Any, carry: Any = None) -> None:
+    def nonfinite_flag(self, values: Array, loss: Array, flag: Array, carry: Array | None = None) -> None:
         """``flag[0] = carry[0] or (loss or any of values is NaN/Inf)``; ``flag`` is a 1-element int32 array.
 
         Written without a host synchronisation (on CuPy everything stays on the
@@ -139,17 +175,94 @@ class Backend:
         bad = xp.logical_not(xp.logical_and(xp.isfinite(values.sum()), xp.isfinite(loss)))
         xp.maximum(flag, bad, out=flag)
 
-    # --- optimizers ---------------------------------------------------------------------------
-    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, skip: Any = None,
-                   **hyper: Any) -> None:
-        """One SGD step, or nothing when the 1-element flag ``skip`` is set (this reads it on the host)."""
+    # --- optimizer updates: one pass over the flat parameter buffer ----------------------------
+    def _count_step(self, steps: Array, skip: Array | None) -> bool:
+        """The one place the reference reads the guard's flag: False (and nothing counted) when
+        ``skip[0]`` is set, else ``steps[0] += 1`` and True. Reads the flag on the host."""
         if skip is not None and bool(skip[0]):
-            return
-        optim.sgd_update(self.xp, params, grads, velocity, scratch, **hyper)
+            return False
+        steps += 1
+        return True
 
-    def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
-                    skip: Any = None, **hyper: Any) -> None:
-        """One Adam/AdamW step, or nothing when the 1-element flag ``skip`` is set."""
-        if skip is not None and bool(skip[0]):
+    def sgd_update(self, params: Array, grads: Array, velocity: Array | None, steps: Array, skip: Array | None,
+                   *, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
+        """One SGD step (:func:`sgd_math`), counted in ``steps``; nothing when ``skip[0]`` is set."""
+        if not self._count_step(steps, skip):
             return
-        optim.adam_update(self.xp, params, grads, m, v, scratch, scratch2, **hyper)
+        scratch = self.scratch("update", params.shape, params.dtype)
+        update = functools.partial(sgd_math, self.xp, lr=lr, momentum=momentum, nesterov=nesterov,
+                                   weight_decay=weight_decay)
+        self.elementwise(update, [params, grads, velocity, scratch])
+
+    def adam_update(self, params: Array, grads: Array, m: Array, v: Array, steps: Array, skip: Array | None,
+                    *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                    decoupled: bool) -> None:
+        """One Adam/AdamW step (:func:`adam_math`) at step ``steps[0]`` after counting it; nothing when
+        ``skip[0]`` is set."""
+        if not self._count_step(steps, skip):
+            return
+        scratch = self.scratch("update", params.shape, params.dtype)
+        scratch2 = self.scratch("update2", params.shape, params.dtype) if weight_decay and not decoupled else None
+        update = functools.partial(adam_math, self.xp, step=int(steps[0]), lr=lr, beta1=beta1, beta2=beta2,
+                                   eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        self.elementwise(update, [params, grads, m, v, scratch, scratch2])
+
+
+def sgd_math(xp: Any, params: Array, grads: Array, velocity: Array | None, scratch: Array, *,
+             lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
+    """One SGD step in place (torch.optim.SGD with dampening 0).
+
+    g ← ∇ + wd·θ;  v ← μ·v + g;  d ← g + μ·v (Nesterov) or v (momentum) or g;  θ ← θ − lr·d
+    """
+    g = grads
+    if weight_decay:
+        xp.multiply(params, weight_decay, out=scratch)
+        xp.add(scratch, grads, out=scratch)
+        g = scratch
+    if momentum:
+        assert velocity is not None
+        xp.multiply(velocity, momentum, out=velocity)
+        xp.add(velocity, g, out=velocity)
+        if nesterov:  # θ ← θ − lr·g − lr·μ·v, in two passes through the scratch buffer
+            xp.multiply(g, lr, out=scratch)
+            xp.subtract(params, scratch, out=params)
+            xp.multiply(velocity, lr * momentum, out=scratch)
+            xp.subtract(params, scratch, out=params)
+            return
+        g = velocity
+    xp.multiply(g, lr, out=scratch)
+    xp.subtract(params, scratch, out=params)
+
+
+def adam_math(xp: Any, params: Array, grads: Array, m: Array, v: Array, scratch: Array, scratch2: Array | None, *,
+              step: int, lr: float, beta1: float, beta2: float, eps: float,
+              weight_decay: float, decoupled: bool) -> None:
+    """One Adam / AdamW step in place (torch.optim.Adam / AdamW, amsgrad off); ``step`` counts from 1.
+
+    g ← ∇ (+ wd·θ for Adam);  θ ← θ·(1 − lr·wd) for AdamW;
+    m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;
+    θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+    """
+    g = grads
+    if weight_decay and decoupled:
+        xp.multiply(params, 1.0 - lr * weight_decay, out=params)
+    elif weight_decay:
+        assert scratch2 is not None
+        xp.multiply(params, weight_decay, out=scratch2)
+        xp.add(scratch2, grads, out=scratch2)
+        g = scratch2
+    xp.subtract(g, m, out=scratch)  # m ← m + (1 − β₁)(g − m)
+    xp.multiply(scratch, 1.0 - beta1, out=scratch)
+    xp.add(m, scratch, out=m)
+    xp.multiply(g, g, out=scratch)  # v ← β₂v + (1 − β₂)g²
+    xp.multiply(scratch, 1.0 - beta2, out=scratch)
+    xp.multiply(v, beta2, out=v)
+    xp.add(v, scratch, out=v)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    xp.sqrt(v, out=scratch)
+    xp.multiply(scratch, 1.0 / bias_correction2_sqrt, out=scratch)
+    xp.add(scratch, eps, out=scratch)
+    xp.divide(m, scratch, out=scratch)
+    xp.multiply(scratch, lr / bias_correction1, out=scratch)
+    xp.subtract(params, scratch, out=params)

@@ -6,20 +6,26 @@ for ``δ ⊙ σ'`` and two GEMMs; the loss and BP1 in one kernel; the optimizer
 one launch over the flat parameter buffer. The kernels come from
 ``kernels/*.cu`` (see :mod:`gpubp.backends.fused` for the table and
 :mod:`gpubp.backends._kernels` for loading), compiled by NVRTC on first use
-and cached per device by CuPy. Nothing here is imported before the backend
-is asked for, so ``import gpubp`` never initialises CUDA.
+and cached per device by CuPy. CuPy itself is imported only when a backend is
+built, so ``import gpubp`` never initialises CUDA.
+
+A backend is pinned to one device: every operation (allocations, GEMMs,
+kernel launches, transfers) runs with that device made current, whichever
+device the caller has current, and :meth:`CupyBackend.activate` does the same
+for a block of code (the network enters it around each public call).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
 from ..errors import DeviceMemoryError, format_bytes
 from ._kernels import CudaModules, FusedOps
-from .base import Backend
-from .fused import FusedKernels
+from .fused import FusedBackend
+from .spec import Array, BackendSpec, HostArray
 
 _MODULES = CudaModules()
 """One set of compiled modules per process, cached per device."""
@@ -28,11 +34,13 @@ BLOCKS_PER_SM = 32
 """Grid-stride kernels launch at most this many 256-thread blocks per multiprocessor."""
 
 
-class CupyBackend(FusedKernels, Backend):
+class CupyBackend(FusedBackend):
     """CuPy on one CUDA device; host arrays are copied into preallocated device buffers.
 
-    ``bias_grad`` picks how BP3's column sums run: ``"gemv"`` (cuBLAS, against
-    a ones vector) or ``"kernel"`` (gpubp's deterministic two-pass kernel).
+    ``device`` is the device's number (default: the device current when the
+    backend is built; the backend stays on it). ``bias_grad`` picks how BP3's
+    column sums run: ``"gemv"`` (cuBLAS, against a ones vector) or
+    ``"kernel"`` (gpubp's deterministic two-pass kernel).
     """
 
     name = "cupy"
@@ -41,10 +49,15 @@ class CupyBackend(FusedKernels, Backend):
     def __init__(self, device: int | None = None, bias_grad: str = "gemv") -> None:
         import cupy
 
-        Backend.__init__(self, cupy)
-        self.device = cupy.cuda.Device(device) if device is not None else cupy.cuda.Device()
-        sm_count = cupy.cuda.runtime.getDeviceProperties(self.device.id)["multiProcessorCount"]
-        self._init_fused(FusedOps(_MODULES, max_blocks=sm_count * BLOCKS_PER_SM), bias_grad)
+        self.device = cupy.cuda.Device(device if device is not None else cupy.cuda.runtime.getDevice())
+        with self.device:
+            sm_count = cupy.cuda.runtime.getDeviceProperties(self.device.id)["multiProcessorCount"]
+            ops = FusedOps(_MODULES, max_blocks=sm_count * BLOCKS_PER_SM, device=self.device.id)
+            super().__init__(cupy, ops, bias_grad)
+
+    def activate(self) -> ContextManager[Any]:
+        """``with backend.activate():`` runs the block with this backend's device current."""
+        return self.device  # type: ignore[no-any-return]
 
     def device_name(self) -> str:
         props = self.xp.cuda.runtime.getDeviceProperties(self.device.id)
@@ -91,11 +104,28 @@ class CupyBackend(FusedKernels, Backend):
         else:  # one host-to-device copy into the existing buffer, no device allocation
             out.set(np.ascontiguousarray(value, dtype=out.dtype))
 
-    def to_host(self, value: Any) -> np.ndarray:
+    def to_host(self, value: Array) -> HostArray:
         return self.xp.asnumpy(value)
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
+
+
+def _on_device(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def run(self: CupyBackend, *args: Any, **kwargs: Any) -> Any:
+        with self.device:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+DEVICE_OPERATIONS = tuple(name for name, value in vars(BackendSpec).items()
+                          if callable(value) and not name.startswith("_") and name not in ("device_name", "activate"))
+"""Every operation of the backend surface: each runs with the backend's device current."""
+
+for _name in (*DEVICE_OPERATIONS, "memory_info", "out_of_memory"):
+    setattr(CupyBackend, _name, _on_device(getattr(CupyBackend, _name)))
 
 
 def _nbytes(shape: Any, dtype: Any) -> int:

@@ -1,6 +1,6 @@
-"""The fused-kernel operations, as a backend mixin.
+"""The fused-kernel backend: the hot operations as one kernel launch each.
 
-:class:`FusedKernels` overrides the hot operations of the reference
+:class:`FusedBackend` overrides the hot operations of the reference
 :class:`~gpubp.backends.base.Backend` with one kernel launch each (through a
 :class:`~gpubp.backends._kernels.FusedOps`):
 
@@ -15,7 +15,7 @@ operation                             kernel (one launch)                       
                                       (+ one sum of the per-row/per-element losses)
 ``bias_grad`` (``"kernel"``)          ``column_partials`` + ``column_total``            1 GEMV
 ``one_hot``                           ``one_hot<T>``                                    2
-``sgd_update`` / ``adam_update``      ``sgd_step<T>`` / ``adam_step<T>``                2–8 / 13–15
+``sgd_update`` / ``adam_update``      ``count_step`` + ``sgd_step<T>`` / ``adam_step<T>``  2–8 / 13–15
 ``nonfinite_flag``                    ``any_nonfinite<T>``                              2
 ====================================  ==============================================  =========
 
@@ -26,7 +26,7 @@ An activation or loss the kernels do not know (one a user built from
 :class:`~gpubp.activations.Activation` themselves) falls back to the
 reference operation, so every network still runs.
 
-The CuPy backend is ``FusedKernels`` over CUDA modules; the test suite also
+The CuPy backend is a ``FusedBackend`` over CUDA modules; the test suite also
 runs it over NumPy arrays with the kernels compiled for the host, which
 checks the kernels' arithmetic and the launch code on machines without a GPU.
 """
@@ -35,10 +35,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..activations import ACTIVATIONS, Activation
 from ..errors import GpubpValueError
 from ..losses import LOSSES, Loss
 from ._kernels import ACTIVATION_FUNCTORS, POINTWISE_LOSSES, FusedOps
+from .base import Backend
+from .spec import Array
 
 BIAS_GRAD_METHODS = ("gemv", "kernel")
 
@@ -48,18 +52,21 @@ _BUILTIN_LOSSES = dict(LOSSES)
 with the same name but other functions (built by a user, or patched into the registry) is not them."""
 
 
-class FusedKernels:
-    """Mixin: put it before a :class:`~gpubp.backends.base.Backend` subclass and set ``self.ops``."""
+class FusedBackend(Backend):
+    """A :class:`~gpubp.backends.base.Backend` whose hot operations launch the kernels of ``ops``.
 
-    ops: FusedOps
-    needs_optimizer_scratch = False
+    ``bias_grad`` picks how BP3's column sums run: ``"gemv"`` (the reference's
+    GEMV against a ones vector) or ``"kernel"`` (the deterministic two-pass kernel).
+    """
 
-    def _init_fused(self, ops: FusedOps, bias_grad: str) -> None:
+    def __init__(self, xp: Any, ops: FusedOps, bias_grad: str = "gemv") -> None:
         if bias_grad not in BIAS_GRAD_METHODS:
             raise GpubpValueError(f"bias_grad must be one of {BIAS_GRAD_METHODS}, got {bias_grad!r}")
+        super().__init__(xp)
         self.ops = ops
         self.bias_grad_method = bias_grad
-        self._partials: dict[tuple[int, int, str], Any] = {}
+        self._never_skip = self.zeros((1,), np.int32)
+        """The flag an update without a guard reads: always 0, never written."""
 
     @staticmethod
     def _kernel_activation(activation: Activation) -> bool:
@@ -70,29 +77,32 @@ class FusedKernels:
         return _BUILTIN_LOSSES.get(loss.name) is loss
 
     # --- forward ------------------------------------------------------------------------------------
-    def add_bias(self, z: Any, b: Any) -> None:
+    def add_bias(self, z: Array, b: Array) -> None:
         self.ops.bias_act_forward("identity", z, b, z)
 
-    def bias_activation_forward(self, activation: Activation, z: Any, b: Any, a: Any, tmp: Any) -> None:
+    def bias_activation_forward(self, activation: Activation, z: Array, b: Array, a: Array, tmp: Array) -> None:
         if not self._kernel_activation(activation):
-            return super().bias_activation_forward(activation, z, b, a, tmp)  # type: ignore[misc]
+            return super().bias_activation_forward(activation, z, b, a, tmp)
         self.ops.bias_act_forward(activation.name, z, b, a)
 
-    def bias_loss_output(self, loss: Loss, z: Any, b: Any, a: Any, tmp: Any, rows: Any) -> None:
+    def bias_loss_output(self, loss: Loss, z: Array, b: Array, a: Array, tmp: Array, rows: Array) -> None:
         if not self._kernel_loss(loss):
-            return super().bias_loss_output(loss, z, b, a, tmp, rows)  # type: ignore[misc]
+            return super().bias_loss_output(loss, z, b, a, tmp, rows)
         if loss.fused_activation == "softmax":
             self.ops.bias_softmax(z, b, a, rows[0], rows[1])
         else:  # sigmoid, keeping z (a different buffer) for the loss
             self.ops.bias_act_forward("sigmoid", z, b, a)
 
     # --- loss and backward --------------------------------------------------------------------------
-    def loss_value_and_delta(self, loss: Loss, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+    def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array, tmp: Array,
+                             rows: Array) -> Array:
         if not self._kernel_loss(loss):
-            return super().loss_value_and_delta(loss, z, a, y, delta, tmp, rows)  # type: ignore[misc]
+            return super().loss_value_and_delta(loss, z, a, y, delta, tmp, rows)
         if loss.name == "cross_entropy":  # rows[0], rows[1] hold the max and Σ exp from bias_softmax
-            self.ops.softmax_xent(z, a, y, delta, rows[0], rows[1], rows[1])
-            return self.xp.asarray(rows[1].sum() * (1.0 / max(z.shape[0], 1)))
+            n = z.shape[0]
+            row_loss = tmp.reshape(-1)[:n]  # not rows[1]: the loss can be computed again after one forward
+            self.ops.softmax_xent(z, a, y, delta, rows[0], rows[1], row_loss)
+            return self.xp.asarray(row_loss.sum() * (1.0 / max(n, 1)))
         if loss.name == "bce":
             self.ops.bce(z, a, y, delta, tmp)
         else:
@@ -100,29 +110,26 @@ class FusedKernels:
             self.ops.pointwise_loss(loss.name, a, y, delta, tmp)
         return self.xp.asarray(tmp.sum() * (1.0 / max(tmp.size, 1)))
 
-    def activation_backward(self, activation: Activation, delta: Any, z: Any, a: Any,
-                            tmp: Any, tmp2: Any) -> None:
+    def activation_backward(self, activation: Activation, delta: Array, z: Array, a: Array,
+                            tmp: Array, tmp2: Array) -> None:
         if not self._kernel_activation(activation):
-            return super().activation_backward(activation, delta, z, a, tmp, tmp2)  # type: ignore[misc]
+            return super().activation_backward(activation, delta, z, a, tmp, tmp2)
         if activation.name != "identity":
             self.ops.act_backward(activation.name, delta, z, a)
 
-    def bias_grad(self, delta: Any, ones: Any, out: Any) -> None:
+    def bias_grad(self, delta: Array, ones: Array, out: Array) -> None:
         if self.bias_grad_method == "gemv":
-            return super().bias_grad(delta, ones, out)  # type: ignore[misc]
+            return super().bias_grad(delta, ones, out)
         rows, cols = delta.shape
         chunks, _ = self.ops.column_sum_plan(rows, cols)
-        key = (chunks, cols, str(delta.dtype))
-        partials = self._partials.get(key)
-        if partials is None and chunks > 1:
-            partials = self._partials[key] = self.empty((chunks, cols), delta.dtype)  # type: ignore[attr-defined]
+        partials = self.scratch("column_partials", (chunks, cols), delta.dtype) if chunks > 1 else None
         self.ops.column_sums(delta, out, partials)
 
-    def one_hot(self, labels: Any, row_index: Any, out: Any) -> None:
+    def one_hot(self, labels: Array, row_index: Array, out: Array) -> None:
         self.ops.one_hot(labels, out)
 
     # --- divergence guard and optimizers -------------------------------------------------------------
-    def nonfinite_flag(self, values: Any, loss: Any, flag: Any, carry: Any = None) -> None:
+    def nonfinite_flag(self, values: Array, loss: Array, flag: Array, carry: Array | None = None) -> None:
         if carry is None:
             flag.fill(0)
         else:
@@ -132,17 +139,17 @@ class FusedKernels:
             loss = loss.astype(values.dtype)
         self.ops.any_nonfinite(values, loss, flag)
 
-    def _skip_flag(self, skip: Any) -> Any:
-        if skip is not None:
-            return skip
-        if getattr(self, "_never_skip", None) is None:
-            self._never_skip = self.zeros(1, "int32")
-        return self._never_skip
+    def sgd_update(self, params: Array, grads: Array, velocity: Array | None, steps: Array, skip: Array | None,
+                   *, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
+        skip = self._never_skip if skip is None else skip
+        self.ops.count_step(steps, skip)
+        self.ops.sgd_step(params, grads, velocity, skip, lr=lr, momentum=momentum, nesterov=nesterov,
+                          weight_decay=weight_decay)
 
-    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, skip: Any = None,
-                   **hyper: Any) -> None:
-        self.ops.sgd_step(params, grads, velocity, self._skip_flag(skip), **hyper)
-
-    def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
-                    skip: Any = None, **hyper: Any) -> None:
-        self.ops.adam_step(params, grads, m, v, self._skip_flag(skip), **hyper)
+    def adam_update(self, params: Array, grads: Array, m: Array, v: Array, steps: Array, skip: Array | None,
+                    *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                    decoupled: bool) -> None:
+        skip = self._never_skip if skip is None else skip
+        self.ops.count_step(steps, skip)  # first: adam_step reads the count of this step
+        self.ops.adam_step(params, grads, m, v, steps, skip, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                           weight_decay=weight_decay, decoupled=decoupled)

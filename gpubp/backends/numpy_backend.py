@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import optim
-from ..activations import Activation
 from .base import Backend
 
 PARALLEL_MIN_ELEMENTS = 1 << 19
@@ -59,6 +58,7 @@ class NumpyBackend(Backend):
         super().__init__(np)
         self.threads = threads if threads is not None else _thread_count()
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def device_name(self) -> str:
         return cpu_name()
@@ -66,41 +66,28 @@ class NumpyBackend(Backend):
     def asarray(self, value: Any, dtype: Any = None) -> np.ndarray:
         return np.array(value, dtype=dtype, copy=True, order="C")
 
-    def _split(self, function: Callable[..., None], arrays: list[Any]) -> None:
+    def elementwise(self, function: Callable[..., None], arrays: list[Any]) -> None:
         """``function(*arrays)``, over row blocks of ``arrays`` in parallel when they are large.
 
         Only for elementwise functions (row blocks are independent); ``None``
-        entries in ``arrays`` are passed through unchanged.
+        entries in ``arrays`` are passed through unchanged. The pool is shared
+        by every caller of this backend (each waits only for its own blocks).
         """
         reference = next(a for a in arrays if a is not None)
         if self.threads == 1 or reference.size < PARALLEL_MIN_ELEMENTS:
             function(*arrays)
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="gpubp")
         rows = reference.shape[0]
         bounds = [rows * i // self.threads for i in range(self.threads + 1)]
         blocks = [[a if a is None else a[lo:hi] for a in arrays] for lo, hi in zip(bounds[:-1], bounds[1:])]
-        futures = [self._pool.submit(function, *block) for block in blocks[1:]]
+        futures = [self._thread_pool().submit(function, *block) for block in blocks[1:]]
         function(*blocks[0])
         for future in futures:
             future.result()
 
-    def activation_forward(self, activation: Activation, z: Any, a: Any, tmp: Any) -> None:
-        self._split(lambda z_, a_, tmp_: activation.forward(np, z_, a_, tmp_), [z, a, tmp])
-
-    def activation_backward(self, activation: Activation, delta: Any, z: Any, a: Any,
-                            tmp: Any, tmp2: Any) -> None:
-        self._split(lambda *block: activation.backward(np, *block), [delta, z, a, tmp, tmp2])
-
-    def sgd_update(self, params: Any, grads: Any, velocity: Any, scratch: Any, skip: Any = None,
-                   **hyper: Any) -> None:
-        if skip is not None and skip[0]:
-            return
-        self._split(lambda *block: optim.sgd_update(np, *block, **hyper), [params, grads, velocity, scratch])
-
-    def adam_update(self, params: Any, grads: Any, m: Any, v: Any, scratch: Any, scratch2: Any,
-                    skip: Any = None, **hyper: Any) -> None:
-        if skip is not None and skip[0]:
-            return
-        self._split(lambda *block: optim.adam_update(np, *block, **hyper), [params, grads, m, v, scratch, scratch2])
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="gpubp")
+        return self._pool

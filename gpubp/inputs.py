@@ -1,0 +1,198 @@
+"""Checks of what a user hands a network — architecture, X and Y — and getting data onto the device.
+
+Every check raises a :mod:`gpubp.errors` exception whose message names the
+argument, what was expected and what was given, and runs before anything is
+modified, so a refused call changes nothing. :func:`split_validation` is the
+one train/validation split of ``fit(validation_split=…)`` and ``gpubp train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _validate as check
+from .activations import Activation, get_activation
+from .backends import Array, Backend
+from .errors import DeviceMemoryError, GpubpTypeError, GpubpValueError, format_bytes
+from .losses import Loss
+from .optim import Optimizer
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+# --- architecture -------------------------------------------------------------------------------------
+def check_dtype(dtype: Any) -> np.dtype:
+    """``"float32"`` or ``"float64"`` (or the NumPy dtype) as a NumPy dtype."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise GpubpValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
+
+
+def check_sizes(sizes: Any) -> tuple[int, ...]:
+    """Layer widths, input first: at least two positive integers."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise GpubpTypeError(f"sizes must be a list of layer widths like [784, 128, 10], got {sizes!r}")
+    if len(sizes) < 2:
+        raise GpubpValueError(f"sizes must name at least an input and an output width, got {list(sizes)}")
+    return tuple(check.positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes))
+
+
+def check_hidden_activations(activation: Any, n_hidden: int) -> list[Activation]:
+    """One activation per hidden layer, from one name (for all) or a list of names."""
+    if isinstance(activation, (str, Activation)):
+        return [get_activation(activation)] * n_hidden
+    if not isinstance(activation, Sequence):
+        raise GpubpTypeError(f"activation must be a name or a list of names, got {type(activation).__name__}")
+    if len(activation) != n_hidden:
+        raise GpubpValueError(
+            f"activation lists {len(activation)} names but the network has {n_hidden} hidden layer(s); "
+            f"give one name per hidden layer or a single name"
+        )
+    return [get_activation(a, f"activation[{i}]") for i, a in enumerate(activation)]
+
+
+def output_activation_for(loss: Loss, output_activation: str | None) -> Activation | None:
+    """The last layer's activation: None where the loss fuses softmax/sigmoid, else the one named
+    (``identity`` by default)."""
+    fused = loss.fused_activation
+    if fused is not None:
+        if output_activation is not None and str(output_activation).lower() != fused:
+            raise GpubpValueError(
+                f"loss {loss.name!r} fuses a {fused} output into the loss; output_activation must be "
+                f"None or {fused!r}, got {output_activation!r}"
+            )
+        return None
+    if output_activation is None:
+        return get_activation("identity")
+    if isinstance(output_activation, str) and output_activation.lower() == "softmax":
+        raise GpubpValueError(
+            f"output_activation 'softmax' is only supported fused with loss 'cross_entropy', got loss {loss.name!r}"
+        )
+    return get_activation(output_activation, "output_activation")
+
+
+def check_optimizer(optimizer: Any) -> Optimizer:
+    if not isinstance(optimizer, Optimizer):
+        raise GpubpTypeError(
+            f"optimizer must be a gpubp.optim optimizer (SGD, Adam, AdamW), got {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+# --- data -----------------------------------------------------------------------------------------------
+def check_x(backend: Backend, X: Any, n_inputs: int, name: str = "X") -> Array:
+    """The inputs as an array (host or device) of shape ``(n, n_inputs)``, finite."""
+    xp = backend.xp if backend.is_device_array(X) else np
+    array = X if xp is not np else check.host_array(name, X)
+    check.dtype_kind(name, array)
+    if array.ndim != 2:
+        raise GpubpValueError(
+            f"{name} must be 2-D (n_samples, {n_inputs} features), got {array.ndim}-D shape {array.shape}"
+        )
+    if array.shape[0] == 0:
+        raise GpubpValueError(f"{name} is empty: it has 0 samples, expected at least 1")
+    if array.shape[1] != n_inputs:
+        raise GpubpValueError(f"{name} has {array.shape[1]} features, the network's input layer expects {n_inputs}")
+    check.finite(name, array, xp)
+    return array
+
+
+def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, name: str = "Y") -> tuple[bool, Array]:
+    """The targets as ``(is_labels, array)``: integer class labels ``(n,)`` or dense ``(n, width)``."""
+    xp = backend.xp if backend.is_device_array(Y) else np
+    array = Y if xp is not np else check.host_array(name, Y)
+    check.dtype_kind(name, array)
+    if array.ndim == 0 or array.shape[0] != n:
+        got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+        raise GpubpValueError(f"{name} has {got} but X has {n} samples; expected one target per sample")
+    if loss.name == "cross_entropy" and array.ndim == 1:
+        _check_labels(array, width, name)
+        return True, array
+    if array.ndim == 1 and width == 1:
+        array = array.reshape(n, 1)
+    if array.ndim != 2 or array.shape[1] != width:
+        expected = f"(n, {width})" + (" or (n,) integer labels" if loss.name == "cross_entropy" else "")
+        raise GpubpValueError(f"{name} must have shape {expected} for loss {loss.name!r}, got {array.shape}")
+    check.finite(name, array, xp)
+    if loss.classification:
+        _check_probabilities(xp, array, loss, name)
+    return False, array
+
+
+def _check_labels(array: Any, width: int, name: str) -> None:
+    if array.dtype.kind not in "iu":
+        raise GpubpTypeError(
+            f"{name} holds class labels for cross_entropy and must be integers, got dtype {array.dtype}; "
+            f"pass integer labels (e.g. {name}.astype(int)) or one-hot rows of width {width}"
+        )
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= width:
+        raise GpubpValueError(
+            f"{name} has class labels in [{low}, {high}], expected labels in [0, {width - 1}] "
+            f"for a network with {width} outputs"
+        )
+
+
+def _check_probabilities(xp: Any, array: Any, loss: Loss, name: str) -> None:
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1:
+        raise GpubpValueError(
+            f"{name} must hold probabilities in [0, 1] for loss {loss.name!r}, got values in [{low}, {high}]"
+        )
+    if loss.name == "cross_entropy":
+        sums = array.sum(axis=1)
+        worst = float(xp.abs(sums - 1).max())
+        if worst > 1e-3:
+            raise GpubpValueError(
+                f"{name} rows must be one-hot or probabilities summing to 1 for cross_entropy; "
+                f"a row sums to {float(sums[int(xp.abs(sums - 1).argmax())])}"
+            )
+
+
+def to_device(backend: Backend, array: Any, dtype: Any) -> Array:
+    """``array`` on the backend's device with ``dtype``; copied only when it is not already."""
+    if backend.is_device_array(array) and array.dtype == dtype:
+        return array
+    return backend.asarray(array, dtype)
+
+
+def training_set_to_device(backend: Backend, X: Any, Y: Any, dtype: np.dtype, labels: bool) -> tuple[Array, Array]:
+    """The training set on the device, once for a whole fit; out of memory says how big it was."""
+    try:
+        return to_device(backend, X, dtype), to_device(backend, Y, np.int64 if labels else dtype)
+    except DeviceMemoryError as error:
+        size = X.shape[0] * X.shape[1] * dtype.itemsize
+        raise DeviceMemoryError(
+            f"{error} while copying the training set ({format_bytes(size)} of inputs) to the GPU once for "
+            f"the whole fit; train on a part of it at a time, or use backend='numpy'",
+            requested=error.requested, free=error.free, total=error.total) from None
+
+
+def validation_size(n: int, fraction: float) -> int:
+    """How many of ``n`` samples ``fraction`` holds out; both parts must keep at least one."""
+    n_val = int(round(n * fraction))
+    if not 1 <= n_val < n:
+        raise GpubpValueError(f"validation_split={fraction} of {n} samples leaves {n_val} for validation and "
+                              f"{n - n_val} for training; both need at least one")
+    return n_val
+
+
+def split_validation(X: Any, Y: Any, fraction: float, rng: np.random.Generator,
+                     xp: Any = np) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """``((X_train, Y_train), (X_val, Y_val))``: a random ``fraction`` of the rows held out.
+
+    The held-out rows are the first of one permutation drawn from ``rng``; the
+    training rows keep their original order. ``xp`` is the array module of
+    ``X`` and ``Y`` (they may be device arrays).
+    """
+    n_val = validation_size(X.shape[0], fraction)
+    order = rng.permutation(X.shape[0])
+    val_index, train_index = xp.asarray(order[:n_val]), xp.asarray(np.sort(order[n_val:]))
+    return (X[train_index], Y[train_index]), (X[val_index], Y[val_index])

@@ -1,0 +1,417 @@
+"""The training loop of ``fit``: epochs of minibatch steps, metrics, schedule, early stopping, checkpoints.
+
+:class:`FitConfig` holds every argument of a run, each checked when it is
+built (before any state changes). :func:`fit` drives a *model* through the
+step surface of :class:`TrainableModel` — load a batch into a workspace,
+compute the loss and gradients, count correct answers, evaluate — so the loop
+knows nothing of layers and the network nothing of epochs. A model is
+anything with that surface and one flat parameter and gradient buffer
+(:class:`gpubp.MLP`; a stack of networks trained together fits the same mould).
+
+One step is :class:`Step`: gradients, the divergence guard's flag, the
+optimizer's update (which reads the flag on the device). Where gradients of
+several processes are to be combined, it is between the first two: one
+reduction of the flat gradient buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import _validate as check
+from . import checkpoint as checkpoints
+from . import inputs
+from .backends import Array, Backend
+from .errors import DivergenceError, GpubpTypeError, GpubpValueError
+from .guard import Guard, check_mode
+from .history import History
+from .losses import Loss
+from .optim import Adam, Optimizer
+from .schedules import Schedule, checked_lr, get_schedule
+from .serialization import check_path, read_metadata
+from .workspace import Workspace
+
+
+class TrainableModel(Protocol):
+    """What the loop needs of a model (see :class:`gpubp.MLP` for each)."""
+
+    backend: Backend
+    params: Array
+    grads: Array
+    dtype: np.dtype
+    loss: Loss
+
+    def config(self) -> dict[str, Any]: ...
+    def check_x(self, X: Any, name: str = "X") -> Array: ...
+    def check_y(self, Y: Any, n: int, name: str = "Y") -> tuple[bool, Array]: ...
+    def workspace(self, batch: int) -> Workspace: ...
+    def compute_gradients(self, ws: Workspace) -> Array: ...
+    def count_correct(self, ws: Workspace) -> Array: ...
+    def accuracy_denominator(self, n: int) -> int: ...
+    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array, batch_size: int = ...) -> dict[str, float]: ...
+    def find_nonfinite(self, ws: Workspace) -> str: ...
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every setting of a ``fit`` run, checked.
+
+    ``epochs`` (the total, also when resuming), ``batch_size``, ``optimizer``
+    (default ``Adam(1e-3)``), ``shuffle`` (a new permutation each epoch, drawn
+    from ``seed``), ``progress`` (a tqdm bar per epoch), ``seed``;
+    ``validation_split``: a fraction of the data held out, drawn with ``seed``
+    (with ``seed=None`` a seed is drawn and kept in the checkpoint, so a resumed
+    run holds out the same rows); ``lr_schedule``: ``"constant"``, ``"step"``,
+    ``"cosine"``, a :class:`~gpubp.schedules.Schedule` or ``function(epoch) -> lr``,
+    applied per epoch; ``early_stopping`` (patience in epochs), ``monitor``
+    (default ``val_loss`` with validation data, else ``loss``), ``min_delta``,
+    ``restore_best``; ``on_nonfinite`` (``"raise"`` or ``"skip_step"``) and
+    ``check_every`` for the divergence guard (:mod:`gpubp.guard`);
+    ``checkpoint`` (a path), ``checkpoint_every`` (epochs) and ``resume``.
+    A resume must be the same run: same data size, batch size, shuffling,
+    ``epochs``, seed, schedule, optimizer class and hyperparameters.
+    """
+
+    epochs: int
+    batch_size: int
+    optimizer: Optimizer
+    shuffle: bool
+    progress: bool
+    seed: int | None
+    validation_split: float
+    schedule: Schedule
+    early_stopping: int | None
+    monitor: str | None
+    min_delta: float
+    restore_best: bool
+    on_nonfinite: str
+    check_every: int | None
+    checkpoint: Path | None
+    resume: bool
+    checkpoint_every: int
+
+    @classmethod
+    def build(cls, *, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
+              shuffle: bool = True, progress: bool = True, seed: int | None = None, validation_split: float = 0.0,
+              lr_schedule: Any = None, early_stopping: int | None = None, monitor: str | None = None,
+              min_delta: float = 0.0, restore_best: bool = True, on_nonfinite: str = "raise",
+              check_every: int | None = None, checkpoint: Any = None, resume: bool = False,
+              checkpoint_every: int = 1) -> FitConfig:
+        """The checked settings; raises naming the first bad argument."""
+        epochs = check.positive_int("epochs", epochs)
+        for name, flag in (("shuffle", shuffle), ("progress", progress), ("restore_best", restore_best),
+                           ("resume", resume)):
+            if not isinstance(flag, bool):
+                raise GpubpTypeError(f"{name} must be True or False, got {flag!r}")
+        check.seed("seed", seed)
+        return cls(
+            epochs=epochs, batch_size=check.positive_int("batch_size", batch_size),
+            optimizer=inputs.check_optimizer(optimizer if optimizer is not None else Adam()),
+            shuffle=shuffle, progress=progress, seed=seed,
+            validation_split=check.fraction("validation_split", validation_split),
+            schedule=get_schedule(lr_schedule, epochs),
+            early_stopping=None if early_stopping is None else check.positive_int("early_stopping", early_stopping),
+            monitor=monitor, min_delta=check.positive_float("min_delta", min_delta, allow_zero=True),
+            restore_best=restore_best, on_nonfinite=check_mode(on_nonfinite),
+            check_every=None if check_every is None else check.positive_int("check_every", check_every),
+            checkpoint=_checkpoint_path(checkpoint, resume), resume=resume,
+            checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every))
+
+
+def _checkpoint_path(checkpoint: Any, resume: bool) -> Path | None:
+    if checkpoint is None:
+        if resume:
+            raise GpubpValueError("resume=True needs checkpoint=PATH, the file to resume from")
+        return None
+    path = check_path(checkpoint)
+    if path.is_dir():
+        raise GpubpValueError(f"checkpoint {str(path)!r} is a directory, expected a file name")
+    if not path.parent.is_dir():
+        raise GpubpValueError(f"checkpoint {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def check_monitor(monitor: str | None, classification: bool, has_validation: bool) -> str:
+    """The metric early stopping and ``best_epoch`` judge by, checked against what the run records."""
+    options = ["loss"] + (["accuracy"] if classification else [])
+    options += [f"val_{key}" for key in options] if has_validation else []
+    if monitor is None:
+        return "val_loss" if has_validation else "loss"
+    if monitor not in options:
+        raise GpubpValueError(f"monitor must be one of {options} for this run, got {monitor!r}")
+    return monitor
+
+
+class EarlyStopping:
+    """The best value of the monitored metric so far, and epochs waited since; stops after ``patience``.
+
+    With ``patience=None`` it only tracks the best epoch (for ``history.best_epoch``).
+    """
+
+    def __init__(self, monitor: str, patience: int | None, min_delta: float) -> None:
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.higher_is_better = "accuracy" in monitor
+        self.best_value: float | None = None
+        self.waited = 0
+
+    def update(self, record: dict[str, float]) -> bool:
+        """Take an epoch's record; True when it improved on the best by more than ``min_delta``."""
+        value = record[self.monitor]
+        best = self.best_value
+        improved = best is None or (value - best > self.min_delta if self.higher_is_better
+                                    else best - value > self.min_delta)
+        if improved:
+            self.best_value, self.waited = value, 0
+        else:
+            self.waited += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.waited >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "waited": self.waited}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        best, waited = state["best_value"], state["waited"]
+        if (best is not None and not isinstance(best, (int, float))) or not isinstance(waited, int) or waited < 0:
+            raise GpubpValueError(f"invalid early-stopping state {state!r}")
+        self.best_value, self.waited = (None if best is None else float(best)), waited
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
+    """A tqdm bar (or None when disabled), closed however the block ends."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="batch", leave=True, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class Step:
+    """One training step as ``fit`` runs it on a loaded workspace: gradients, guard flag, update."""
+
+    def __init__(self, model: TrainableModel, optimizer: Optimizer, guard: Guard) -> None:
+        self.model, self.optimizer, self.guard = model, optimizer, guard
+
+    def __call__(self, ws: Workspace) -> tuple[Array, Array]:
+        """(the loss, the guard's flag for this step), both on the device."""
+        model = self.model
+        loss = model.compute_gradients(ws)
+        flag = self.guard.flag(loss)
+        self.optimizer.update(model.backend, model.params, model.grads, skip=flag)
+        return loss, flag
+
+
+def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
+        validation_data: tuple[Any, Any] | None = None) -> History:
+    """Train ``model`` as ``config`` says; returns the per-epoch :class:`~gpubp.history.History`."""
+    return _Run(model, X, Y, config, validation_data).train()
+
+
+def _resolve_seed(config: FitConfig) -> int:
+    """The run's seed: the one given, else the resumed checkpoint's, else a fresh one (recorded)."""
+    if config.seed is not None:
+        return config.seed
+    if config.resume and config.checkpoint is not None and config.checkpoint.exists():
+        saved = (read_metadata(config.checkpoint) or {}).get("progress", {}).get("seed")
+        if isinstance(saved, int):
+            return saved
+    return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+
+
+class _Run:
+    """One call of :func:`fit`: the checked data and settings, then the epochs."""
+
+    def __init__(self, model: TrainableModel, X: Any, Y: Any, config: FitConfig,
+                 validation_data: tuple[Any, Any] | None) -> None:
+        self.model, self.config, self.backend = model, config, model.backend
+        X = model.check_x(X)
+        is_labels, Y = model.check_y(Y, X.shape[0])
+        if config.validation_split:
+            if validation_data is not None:
+                raise GpubpValueError("give validation_data or validation_split, not both")
+            inputs.validation_size(X.shape[0], config.validation_split)
+        self.validation: tuple[Array, bool, Array] | None = None
+        if validation_data is not None:
+            self.validation = self._check_validation(validation_data)
+        has_validation = validation_data is not None or bool(config.validation_split)
+        monitor = check_monitor(config.monitor, model.loss.classification, has_validation)
+        self.seed = _resolve_seed(config)
+        self.rng = np.random.default_rng(self.seed)
+        if config.validation_split:
+            xp = self.backend.xp if self.backend.is_device_array(X) else np
+            (X, Y), (x_val, y_val) = inputs.split_validation(X, Y, config.validation_split, self.rng, xp)
+            self.validation = (x_val, is_labels, y_val)
+        self.is_labels, self.n = is_labels, X.shape[0]
+        self.x_all, self.y_all = inputs.training_set_to_device(self.backend, X, Y, model.dtype, is_labels)
+        self.guard = Guard(self.backend, model.grads, config.on_nonfinite, config.check_every)
+        self.step = Step(model, config.optimizer, self.guard)
+        self.early = EarlyStopping(monitor, config.early_stopping, config.min_delta)
+        self.keep_best = config.early_stopping is not None and config.restore_best
+        self.best_params = self.backend.empty(model.params.shape, model.params.dtype) if self.keep_best else None
+        self.history = History()
+        self.history.monitor = monitor
+        self.steps_done, self.first_epoch = 0, 1
+        if config.resume and config.checkpoint is not None and config.checkpoint.exists():
+            self._resume(config.checkpoint)
+
+    def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array]:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise GpubpTypeError("validation_data must be a pair (X_val, Y_val)")
+        x_val = self.model.check_x(validation_data[0], "validation_data[0]")
+        is_labels, y_val = self.model.check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
+        return x_val, is_labels, y_val
+
+    def run_identity(self) -> dict[str, Any]:
+        """What a checkpoint records of the run, and a resume must match."""
+        c = self.config
+        return {"n_train": self.n, "batch_size": c.batch_size, "shuffle": c.shuffle, "seed": self.seed,
+                "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "epochs": c.epochs}
+
+    def _resume(self, path: Path) -> None:
+        resumed = checkpoints.restore(path, self.model, self.config.optimizer, self.run_identity())
+        try:
+            self.early.load_state(resumed.early_stopping)
+        except (KeyError, TypeError) as error:
+            raise GpubpValueError(f"checkpoint {str(path)!r} has invalid training progress: {error}") from None
+        self.rng.bit_generator.state = resumed.rng_state
+        self.history, self.steps_done = resumed.history, resumed.step
+        self.history.monitor = self.early.monitor
+        self.first_epoch = resumed.epoch + 1
+        if self.history.stopped_epoch is not None:  # that run had already stopped early: it is finished
+            self.first_epoch = self.config.epochs + 1
+        if self.best_params is not None and resumed.best_params is not None:
+            self.backend.copy_into(self.best_params, resumed.best_params)
+
+    def train(self) -> History:
+        optimizer = self.config.optimizer
+        base_lr = optimizer.lr
+        try:  # overflow is the guard's business: it reports it, NumPy's warnings would only be noise
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                for epoch in range(self.first_epoch, self.config.epochs + 1):
+                    optimizer.lr = checked_lr(self.config.schedule, epoch, base_lr, self.config.epochs)
+                    self._epoch(epoch)
+                    if self.config.checkpoint is not None and self._checkpoint_due(epoch):
+                        optimizer.lr = base_lr
+                        self._save(self.config.checkpoint, epoch)
+                    if self.history.stopped_epoch is not None:
+                        break
+        finally:
+            optimizer.lr = base_lr
+        last = self.history.epochs[-1] if self.history.epochs else None
+        if self.best_params is not None and self.history.best_epoch is not None and self.history.best_epoch != last:
+            self.backend.copy_into(self.model.params, self.best_params)
+        return self.history
+
+    def _checkpoint_due(self, epoch: int) -> bool:
+        c = self.config
+        return epoch % c.checkpoint_every == 0 or epoch == c.epochs or self.history.stopped_epoch is not None
+
+    def _epoch(self, epoch: int) -> None:
+        """Train one epoch, validate, record, and judge it for early stopping."""
+        c, model = self.config, self.model
+        n_batches = -(-self.n // c.batch_size)
+        order = self.backend.asarray(self.rng.permutation(self.n) if c.shuffle else np.arange(self.n))
+        started = time.perf_counter()
+        with progress_bar(c.progress, n_batches, f"epoch {epoch}/{c.epochs}") as bar:
+            total_loss, correct, used, skipped = self._batches(epoch, order, n_batches, bar)
+            n_used = int(used)
+            train_time = time.perf_counter() - started
+            if n_used == 0:
+                raise DivergenceError(
+                    f"training diverged: every step of epoch {epoch} had NaN or Inf in its loss or gradients and "
+                    f"was skipped; the weights are those after step {self.steps_done - n_batches}. Lower the "
+                    f"learning rate (it was {c.optimizer.lr:g}).")
+            record: dict[str, float] = {"loss": float(total_loss) / n_used}
+            if model.loss.classification:
+                record["accuracy"] = float(correct) / model.accuracy_denominator(n_used)
+            if c.on_nonfinite == "skip_step":
+                record["skipped_steps"] = skipped
+            validation_time = self._validate(record)
+            record.update(lr=c.optimizer.lr, time=train_time, samples_per_s=self.n / train_time)
+            if validation_time is not None:
+                record["val_time"] = validation_time
+            if bar is not None:
+                hidden = ("time", "samples_per_s", "val_time")
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in hidden})
+        self.history.append(epoch, record)
+        if self.early.update(record):
+            self.history.best_epoch = epoch
+            if self.best_params is not None:
+                self.backend.copy_into(self.best_params, model.params)
+        elif self.early.should_stop:
+            self.history.stopped_epoch = epoch
+
+    def _validate(self, record: dict[str, float]) -> float | None:
+        """Add the validation metrics to ``record``; their time in seconds (None without validation data)."""
+        if self.validation is None:
+            return None
+        started = time.perf_counter()
+        x_val, is_labels, y_val = self.validation
+        for key, value in self.model.evaluate_checked(x_val, is_labels, y_val).items():
+            record[f"val_{key}"] = value
+        return time.perf_counter() - started
+
+    def _load(self, order: Array, batch: int) -> Workspace:
+        """Batch number ``batch`` of this epoch's ``order``, gathered into its workspace."""
+        index = order[batch * self.config.batch_size:(batch + 1) * self.config.batch_size]
+        ws = self.model.workspace(int(index.shape[0]))
+        ws.gather(self.x_all, self.y_all, index, self.is_labels)
+        return ws
+
+    def _batches(self, epoch: int, order: Array, n_batches: int, bar: Any) -> tuple[Any, Any, Any, int]:
+        """The steps of one epoch: (Σ loss·batch, Σ correct, samples used, steps skipped).
+
+        The sums stay backend arrays (no host synchronisation); with
+        ``skip_step`` the skipped steps are left out of them on the device.
+        """
+        xp, model = self.backend.xp, self.model
+        skipping = self.config.on_nonfinite == "skip_step"
+        total_loss: Any = 0.0
+        correct: Any = 0
+        used: Any = 0
+        skipped = 0
+
+        def diagnose(batch: int) -> str:
+            return model.find_nonfinite(self._load(order, batch))
+
+        for batch in range(n_batches):
+            ws = self._load(order, batch)
+            self.steps_done += 1
+            loss, flag = self.step(ws)
+            batch_correct = model.count_correct(ws) if model.loss.classification else 0
+            if skipping:
+                keep = flag[0] == 0
+                total_loss = total_loss + xp.where(keep, loss * ws.batch, 0.0)
+                correct = correct + xp.where(keep, batch_correct, 0)
+                used = used + xp.where(keep, ws.batch, 0)
+            else:
+                total_loss = total_loss + loss * ws.batch
+                correct = correct + batch_correct
+                used = used + ws.batch
+            if self.guard.record(self.steps_done, epoch, batch) or batch == n_batches - 1:
+                skipped += self.guard.check(diagnose, self.config.optimizer.lr)
+            if bar is not None:
+                bar.update(1)
+        return total_loss, correct, used, skipped
+
+    def _save(self, path: Path, epoch: int) -> None:
+        progress = {"epoch": epoch, "step": self.steps_done, "rng_state": self.rng.bit_generator.state,
+                    "history": self.history.to_state(), "early_stopping": self.early.state(),
+                    **self.run_identity()}
+        checkpoints.save_checkpoint(path, self.model, self.config.optimizer, progress, self.best_params)

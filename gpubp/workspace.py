@@ -1,0 +1,155 @@
+"""Per-batch-size buffers of a network, and the one formula for how much memory they take.
+
+A training step allocates nothing: the input batch, every layer's activations,
+errors and scratch live in a :class:`Workspace` allocated once per batch size
+and kept in a small :class:`WorkspaceCache`. :func:`bytes_per_sample` counts
+exactly what a workspace allocates, and is what both the out-of-memory advice
+(the batch size that fits) and ``gpubp bench`` (which configurations fit) use.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .backends import Array, Backend
+from .errors import DeviceMemoryError, format_bytes
+
+CACHED_WORKSPACES = 4
+"""Workspaces a network keeps (the training batch, the last partial batch, evaluation batches)."""
+
+LABEL_BYTES = 2 * np.dtype(np.int64).itemsize
+"""Per sample, for integer class labels: ``labels`` and ``row_index`` (int64 each)."""
+
+
+def bytes_per_sample(sizes: Sequence[int], itemsize: int, keep_z: Sequence[bool], labels: bool = True) -> int:
+    """Bytes a :class:`Workspace` allocates per sample of its batch, deltas and label buffers included.
+
+    Per sample, in elements: the input and target rows; A[l] for every layer;
+    Z[l] where σ' needs it; δ[l] for every layer; two scratch rows of the
+    widest layer; two row-reduction slots and the ones vector of BP3. With
+    integer labels, ``labels`` and ``row_index`` (int64) on top.
+    """
+    widths = list(sizes[1:])
+    elements = (sizes[0] + sizes[-1] + 2 * sum(widths) + sum(w for w, keep in zip(widths, keep_z) if keep)
+                + 2 * max(widths) + 3)
+    return itemsize * elements + (LABEL_BYTES if labels else 0)
+
+
+class Workspace:
+    """Every buffer one forward and backward pass needs, for one batch size.
+
+    ``a[0]`` is the input batch; for layer l ≥ 1, ``a[l]`` holds A[l] (and Z[l]
+    before σ is applied in place, unless σ' needs Z, which is then kept in
+    ``z[l]``); ``delta[l]`` holds δ[l]; ``tmp[l]``/``tmp2[l]`` are scratch
+    views of layer l's shape; ``rows`` is a ``(2, N, 1)`` scratch for row-wise
+    reductions; ``ones`` is the vector 1 of BP3's ``1ᵀ·δ``; ``y`` holds the
+    dense targets and ``labels`` integer labels.
+    """
+
+    def __init__(self, backend: Backend, sizes: Sequence[int], batch: int, dtype: Any, keep_z: Sequence[bool]):
+        self.batch = batch
+        self._backend = backend
+        self._sizes = tuple(sizes)
+        self._dtype = dtype
+        self.x = backend.empty((batch, sizes[0]), dtype)
+        self.y = backend.empty((batch, sizes[-1]), dtype)
+        self.a: list[Array] = [self.x]
+        self.z: list[Array | None] = [None]
+        for width, keep in zip(sizes[1:], keep_z):
+            self.a.append(backend.empty((batch, width), dtype))
+            self.z.append(backend.empty((batch, width), dtype) if keep else None)
+        scratch = backend.empty((2, batch * max(sizes[1:])), dtype)
+        self.tmp: list[Array] = [None] + [scratch[0, : batch * w].reshape(batch, w) for w in sizes[1:]]
+        self.tmp2: list[Array] = [None] + [scratch[1, : batch * w].reshape(batch, w) for w in sizes[1:]]
+        self.rows = backend.empty((2, batch, 1), dtype)
+        self.ones = backend.asarray(np.ones(batch), dtype)
+        self._delta: list[Array] | None = None
+        self._labels: Array = None
+        self._row_index: Array = None
+
+    def output_z(self, layer: int) -> Array:
+        """Where Z[layer] is written: its own buffer when kept, else the A[layer] buffer."""
+        return self.z[layer] if self.z[layer] is not None else self.a[layer]
+
+    @property
+    def delta(self) -> list[Array]:
+        """δ[l] buffers, allocated on the first backward pass (inference never needs them)."""
+        if self._delta is None:
+            self._delta = [None] + [self._backend.empty((self.batch, w), self._dtype) for w in self._sizes[1:]]
+        return self._delta
+
+    @property
+    def labels(self) -> Array:
+        """Integer class labels of the batch, allocated when first used."""
+        if self._labels is None:
+            self._labels = self._backend.empty((self.batch,), np.int64)
+            self._row_index = self._backend.xp.arange(self.batch)
+        return self._labels
+
+    def load_targets(self, labels: bool, targets: Any) -> None:
+        """Copy the batch's targets in: integer ``labels`` (turned into one-hot rows of ``y``) or dense rows."""
+        if labels:
+            self._backend.copy_into(self.labels, targets)
+            self.labels_to_targets()
+        else:
+            self._backend.copy_into(self.y, targets)
+
+    def gather(self, x_all: Array, y_all: Array, index: Array, labels: bool) -> None:
+        """Fill the batch with rows ``index`` of device-resident inputs and targets."""
+        be = self._backend
+        be.take_rows(x_all, index, out=self.x)
+        if labels:
+            be.take_rows(y_all, index, out=self.labels)
+            self.labels_to_targets()
+        else:
+            be.take_rows(y_all, index, out=self.y)
+
+    def labels_to_targets(self) -> None:
+        """Fill the dense targets ``y`` with the one-hot rows of ``labels``."""
+        self._backend.one_hot(self.labels, self._row_index, self.y)
+
+
+class WorkspaceCache:
+    """The workspaces of one network, by batch size, the least recently used dropped beyond
+    :data:`CACHED_WORKSPACES`; an out-of-memory error names the batch size that would fit."""
+
+    def __init__(self, backend: Backend, sizes: Sequence[int], dtype: np.dtype, keep_z: Sequence[bool]) -> None:
+        self.backend, self.sizes, self.dtype, self.keep_z = backend, tuple(sizes), dtype, tuple(keep_z)
+        self._workspaces: OrderedDict[int, Workspace] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._workspaces)
+
+    def __contains__(self, batch: int) -> bool:
+        return batch in self._workspaces
+
+    def get(self, batch: int) -> Workspace:
+        """The workspace for ``batch`` samples, allocated on first use."""
+        ws = self._workspaces.get(batch)
+        if ws is not None:
+            self._workspaces.move_to_end(batch)
+            return ws
+        try:
+            ws = Workspace(self.backend, self.sizes, batch, self.dtype, self.keep_z)
+        except DeviceMemoryError as error:
+            raise self.too_big(error, batch) from None
+        self._workspaces[batch] = ws
+        while len(self._workspaces) > CACHED_WORKSPACES:
+            self._workspaces.popitem(last=False)
+        return ws
+
+    def too_big(self, error: DeviceMemoryError, batch: int) -> DeviceMemoryError:
+        """The out-of-memory error of a workspace, with the batch size that would fit."""
+        per_sample = bytes_per_sample(self.sizes, self.dtype.itemsize, self.keep_z)
+        fits = int(0.8 * error.free / per_sample) if error.free is not None else 0
+        suggestion = 1 << (fits.bit_length() - 1) if fits >= 1 else 0
+        advice = (f"try batch_size={suggestion} or smaller" if 0 < suggestion < batch else
+                  "free GPU memory held elsewhere (other arrays, other processes) or use backend='numpy'")
+        return DeviceMemoryError(
+            f"{error} while allocating the workspace of a batch of {batch} (about {format_bytes(per_sample * batch)}: "
+            f"{format_bytes(per_sample)} per sample for this network's activations, deltas and scratch); {advice}",
+            requested=error.requested, free=error.free, total=error.total)
