@@ -6,12 +6,11 @@ at 4 M elements per array (16 MB in float32).
 
 from __future__ import annotations
 
+import kernels_gpu
 import numpy as np
 import pytest
 
 from gpubp.backends.base import Backend
-
-import kernels_gpu
 
 N = 4 * 2**20
 

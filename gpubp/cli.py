@@ -122,7 +122,8 @@ def _train(args: argparse.Namespace) -> int:
     n_val = inputs.validation_size(len(X), args.validation) if args.validation else 0
     n_test = 0 if task["test"] is None else len(task["test"][0])
     print(f"gpubp {__version__}: {net}")
-    print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: {len(X) - n_val} training, "
+    print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: "
+          f"{len(X) - n_val} training, "
           f"{n_val} validation" + (f", {n_test} test" if n_test else "") + " samples")
     print(f"optimizer: {optimizer}; lr schedule: {args.lr_schedule}; batch size {args.batch_size}; "
           f"{args.epochs} epochs" + (f", early stopping after {args.early_stopping}" if args.early_stopping else ""))

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import DatasetFormatError, DatasetNotFoundError, GpubpTypeError
 
-IDX_TYPES = {
+IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
@@ -86,7 +86,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DatasetFormatError(f"{path}: IDX header declares 0 dimensions")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DatasetFormatError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, file has {len(data)}")
+        raise DatasetFormatError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, "
+                                 f"file has {len(data)}")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_TYPES[code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
@@ -172,6 +173,7 @@ def load_fashion_mnist(path: str | os.PathLike | None = None) -> tuple[tuple[np.
     for split in ("train", "test"):
         image_file = _find(directory, FASHION_MNIST_FILES[f"{split}_images"])
         label_file = _find(directory, FASHION_MNIST_FILES[f"{split}_labels"])
+        assert image_file is not None and label_file is not None  # fashion_mnist_dir found all four
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or images.dtype != np.uint8:
             raise DatasetFormatError(f"{image_file}: expected uint8 images (n, rows, cols), got {images.dtype} "

@@ -46,7 +46,7 @@ def _worst_error(twin: MLP, ws: Any, analytic: np.ndarray, eps: float, atol: flo
         indices = np.sort(np.random.default_rng(seed).choice(twin.n_params, size=max_params, replace=False))
     params = twin.backend.to_host(twin.params)
     worst = 0.0
-    for index in indices:
+    for index in map(int, indices):
         original = float(params[index])
         numeric = (loss_at(index, original + eps) - loss_at(index, original - eps)) / (2 * eps)
         twin.params[index] = original

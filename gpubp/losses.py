@@ -90,12 +90,14 @@ def _softmax(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
 
 
 def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
-    # a already holds softmax(z) (from ``output``), rows the max and the sum of exps.
+    # a already holds softmax(z) (from ``output``), rows the max and the sum of exps. Both are only
+    # read, so the loss can be computed again after one forward pass with the same result.
     n = z.shape[0]
     row_max, row_sum = rows[0], rows[1]
-    xp.log(row_sum, out=row_sum)
-    xp.add(row_sum, row_max, out=row_sum)  # logsumexp(z) per row
-    loss = (row_sum.sum() - xp.vdot(y.ravel(), z.ravel())) * (1.0 / n)
+    logsumexp = tmp.reshape(-1)[:n].reshape(n, 1)
+    xp.log(row_sum, out=logsumexp)
+    xp.add(logsumexp, row_max, out=logsumexp)
+    loss = (logsumexp.sum() - xp.vdot(y.ravel(), z.ravel())) * (1.0 / n)
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (P − Y) / N
     xp.multiply(delta, 1.0 / n, out=delta)
     return loss

@@ -80,7 +80,7 @@ class MLP:
         self._activations: list[Activation | None] = [*hidden, inputs.output_activation_for(self.loss,
                                                                                            output_activation)]
         self.dtype = inputs.check_dtype(dtype)
-        self.init = check.choice("init", init, ("auto", *SCHEMES))
+        self.init = check.choice("init", init, ["auto", *SCHEMES])
         check.seed("seed", seed)
         self.backend: Backend = get_backend(backend)
         with self.backend.activate():
@@ -338,7 +338,8 @@ class MLP:
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
         return self.evaluate_checked(X, is_labels, Y, batch_size)
 
-    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array, batch_size: int = PREDICT_BATCH) -> dict[str, float]:
+    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array,
+                         batch_size: int = PREDICT_BATCH) -> dict[str, float]:
         """:meth:`evaluate` on inputs already checked by :meth:`check_x` and :meth:`check_y`."""
         n = X.shape[0]
         total_loss: Any = 0.0

@@ -75,7 +75,7 @@ def write_npz(path: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, metadata=np.array(json.dumps(metadata)), **arrays)
+            np.savez(handle, metadata=np.array(json.dumps(metadata)), **arrays)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)

@@ -7,11 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import CUPY_USABLE
 
 import gpubp
 from gpubp.errors import BackendUnavailableError, GpubpTypeError, GpubpValueError
-
-from conftest import CUPY_USABLE
 
 
 @pytest.mark.parametrize("name", ["numpy", "cpu", "NumPy"])

@@ -41,7 +41,8 @@ def test_row_ratios():
 
 
 def _row(backend, width, batch, step_ms):
-    return make_row(backend, "d", Config((width,) * 3, batch), "float32", {"step": step_ms / 1e3, "gemm": step_ms / 2e3})
+    return make_row(backend, "d", Config((width,) * 3, batch), "float32",
+                    {"step": step_ms / 1e3, "gemm": step_ms / 2e3})
 
 
 def test_speedups_pair_only_configs_both_backends_ran():

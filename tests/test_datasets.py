@@ -60,7 +60,8 @@ def test_write_idx_round_trip(tmp_path, rng):
     (b"\x00\x00\x07\x01" + b"\x00\x00\x00\x01" + b"\x07", "unknown IDX type code 0x07"),
     (b"\x00\x00\x08\x00", "declares 0 dimensions"),
     (b"\x00\x00\x08\x03" + b"\x00\x00\x00\x02", "truncated header: 3 dimensions need 16 bytes"),
-    (b"\x00\x00\x08\x01" + b"\x00\x00\x00\x05" + b"\x01\x02\x03", r"payload truncated: dimensions \(5,\) of uint8 need 5"),
+    (b"\x00\x00\x08\x01" + b"\x00\x00\x00\x05" + b"\x01\x02\x03",
+     r"payload truncated: dimensions \(5,\) of uint8 need 5"),
     (b"\x00\x00\x08\x01" + b"\x00\x00\x00\x02" + b"\x01\x02\x03", "payload has trailing bytes"),
     (b"\x00\x00\x0c\x01" + b"\x00\x00\x00\x02" + b"\x00" * 7, r"of int32 need 8 bytes, found 7"),
 ])

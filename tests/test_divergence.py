@@ -94,7 +94,8 @@ def test_every_step_skipped_raises(guarded_backend):
     X, y = _data()
     net = gpubp.MLP([20, 8, 2], activation="tanh", loss="mse", backend=guarded_backend, seed=1)
     Y = np.full((len(X), 2), 1e30, np.float32)  # the loss overflows on every batch
-    with pytest.raises(DivergenceError, match="every step of epoch 1 .* was skipped; the weights are those after step 0"):
+    with pytest.raises(DivergenceError,
+                       match="every step of epoch 1 .* was skipped; the weights are those after step 0"):
         net.fit(X, Y, epochs=2, batch_size=BATCH, optimizer=SGD(0.01), progress=False, on_nonfinite="skip_step")
 
 

@@ -28,7 +28,8 @@ BAD_X = [
     (np.zeros(4), GpubpValueError, r"X must be 2-D \(n_samples, 4 features\), got 1-D shape \(4,\)"),
     (np.zeros((2, 3, 4)), GpubpValueError, "X must be 2-D"),
     (np.zeros((0, 4)), GpubpValueError, "X is empty: it has 0 samples"),
-    (np.full((6, 4), np.nan), GpubpValueError, r"X contains 24 non-finite value\(s\) \(NaN or Inf\), the first at index \(0, 0\)"),
+    (np.full((6, 4), np.nan), GpubpValueError,
+     r"X contains 24 non-finite value\(s\) \(NaN or Inf\), the first at index \(0, 0\)"),
     (np.where(np.eye(6, 4) > 0, np.inf, 0.0), GpubpValueError, "X contains 4 non-finite"),
     (np.zeros((6, 4), dtype=complex), GpubpTypeError, "X must hold real numbers .* got dtype complex128"),
     (np.array([["a"] * 4] * 6), GpubpTypeError, "X must hold real numbers"),
@@ -86,7 +87,8 @@ def test_bad_regression_targets(regression_net):
         regression_net.loss_and_grads(X_OK, np.zeros((6, 3)))
     Y = np.zeros((6, 2))
     Y[2, 1] = np.nan
-    with pytest.raises(GpubpValueError, match=r"Y contains 1 non-finite value\(s\) \(NaN or Inf\), the first at index \(2, 1\)"):
+    with pytest.raises(GpubpValueError,
+                       match=r"Y contains 1 non-finite value\(s\) \(NaN or Inf\), the first at index \(2, 1\)"):
         regression_net.loss_and_grads(X_OK, Y)
 
 
@@ -103,8 +105,10 @@ def test_bce_targets_must_be_probabilities(backend):
     (dict(sizes="784,10"), GpubpTypeError, "sizes must be a list of layer widths"),
     (dict(activation="sigmod"), GpubpValueError, "unknown activation 'sigmod'; expected one of"),
     (dict(activation=["relu"]), GpubpValueError, r"activation lists 1 names but the network has 2 hidden layer\(s\)"),
-    (dict(loss="mse", output_activation="softmax"), GpubpValueError, "'softmax' is only supported fused with loss 'cross_entropy'"),
-    (dict(loss="cross_entropy", output_activation="relu"), GpubpValueError, "output_activation must be None or 'softmax'"),
+    (dict(loss="mse", output_activation="softmax"), GpubpValueError,
+     "'softmax' is only supported fused with loss 'cross_entropy'"),
+    (dict(loss="cross_entropy", output_activation="relu"), GpubpValueError,
+     "output_activation must be None or 'softmax'"),
     (dict(output_activation="nope"), GpubpValueError, "unknown output_activation 'nope'"),
     (dict(loss="hinge"), GpubpValueError, "unknown loss 'hinge'"),
     (dict(dtype="float16"), GpubpValueError, r"dtype must be one of \['float32', 'float64'\], got 'float16'"),
@@ -131,7 +135,8 @@ def test_bad_fit_arguments(net):
         (dict(validation_data=X_OK), GpubpTypeError, r"validation_data must be a pair \(X_val, Y_val\)"),
         (dict(validation_data=(np.zeros((2, 5)), LABELS_OK[:2])), GpubpValueError,
          r"validation_data\[0\] has 5 features"),
-        (dict(validation_data=(X_OK[:2], np.array([0, 7]))), GpubpValueError, "validation_data\\[1\\] has class labels"),
+        (dict(validation_data=(X_OK[:2], np.array([0, 7]))), GpubpValueError,
+         "validation_data\\[1\\] has class labels"),
     ]:
         with pytest.raises(error, match=message):
             net.fit(X_OK, LABELS_OK, progress=False, **kwargs)

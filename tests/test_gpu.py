@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import requires_gpu
 
 import gpubp
 from gpubp.optim import SGD, Adam, AdamW
-
-from conftest import requires_gpu
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 

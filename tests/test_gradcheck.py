@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import targets_for
 
 import gpubp
 from gpubp.activations import ACTIVATIONS
 from gpubp.losses import LOSSES
-
-from conftest import targets_for
 
 DEPTH_SIZES = {1: [3, 2], 2: [3, 5, 2], 3: [3, 5, 4, 2], 4: [3, 6, 5, 4, 2]}
 TOLERANCE = 2e-5  # right gradients stay below ~1e-5 (see gpubp.gradcheck); a wrong one gives > 1e-2

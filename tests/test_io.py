@@ -74,7 +74,8 @@ def _write_npz(path, **arrays):
 
 @pytest.mark.parametrize("make,message", [
     (lambda p: p.write_bytes(b"not a zip file at all"), "is not a readable .npz file"),
-    (lambda p: _write_npz(p, weights=np.zeros(3)), r"is not a gpubp model: it has no 'metadata' array, only \['weights'\]"),
+    (lambda p: _write_npz(p, weights=np.zeros(3)),
+     r"is not a gpubp model: it has no 'metadata' array, only \['weights'\]"),
     (lambda p: _write_npz(p, weights=np.zeros(3), metadata=np.array(json.dumps({"format": "gpubp.mlp"}))),
      r"is not a gpubp model: expected arrays \['metadata', 'params'\]"),
     (lambda p: _write_npz(p, params=np.zeros(3), metadata=np.array("{not json")), "metadata is not valid JSON"),

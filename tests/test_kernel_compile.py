@@ -11,10 +11,9 @@ import re
 import subprocess
 
 import pytest
+from cuda_compile import Nvrtc, find_nvcc, find_nvrtc
 
 from gpubp.backends._kernels import COMPILE_OPTIONS, KERNELS, kernel_dir, read_source
-
-from cuda_compile import Nvrtc, find_nvcc, find_nvrtc
 
 ARCH = "sm_90"
 CUPY_OPTIONS = ["-ftz=true", "--device-as-default-execution-space"]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-
 import re
 import sys
 import types
 
 import pytest
 
+from gpubp.activations import ACTIVATIONS
 from gpubp.backends import _kernels
 from gpubp.backends._kernels import ACTIVATION_FUNCTORS, KERNELS, POINTWISE_LOSSES, kernel_dir, read_source
-from gpubp.activations import ACTIVATIONS
 from gpubp.errors import GpubpError, KernelCompileError
 from gpubp.losses import LOSSES
 

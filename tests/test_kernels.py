@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import requires_gpu
 
 import gpubp
 from gpubp.activations import ACTIVATIONS
 from gpubp.backends.base import Backend, adam_math, sgd_math
 from gpubp.losses import LOSSES
-
-from conftest import requires_gpu
 
 REFERENCE = Backend(np)
 SHAPES = [(1, 1), (7, 13), (33, 257), (0, 5)]
@@ -290,6 +289,16 @@ def test_more_elements_than_one_grid(kb, rng, monkeypatch):
     kb.sgd_update(p_dev, dev(kb, np.ones(4257)), None, kb.zeros(1, np.int64), None, lr=0.5, momentum=0.0,
                   nesterov=False, weight_decay=0.0)
     close(host(kb, p_dev), params - 0.5, "float64")
+
+
+def test_every_launch_checks_that_its_arrays_are_contiguous(kb):
+    """Also the kernels launched with their own grid (column partials, the non-finite flag)."""
+    strided = kb.asarray(np.ones((8, 6)))[:, ::2]
+    assert not strided.flags.c_contiguous
+    with pytest.raises(AssertionError, match="contiguous"):
+        kb.ops.any_nonfinite(strided, kb.asarray(np.array(0.0)), kb.zeros(1, np.int32))
+    with pytest.raises(AssertionError, match="contiguous"):
+        kb.ops.column_sums(strided, kb.zeros(3, "float64"), None)
 
 
 def test_a_kernel_with_zero_elements_writes_nothing(kb):

@@ -110,3 +110,24 @@ def test_lookup():
     assert get_loss("CE").name == "cross_entropy"
     with pytest.raises(GpubpValueError, match="unknown loss 'msee'"):
         get_loss("msee")
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_the_loss_is_the_same_when_computed_twice_after_one_forward(name, backend, rng):
+    """Computing the loss reads the forward pass's buffers and never overwrites them (every backend)."""
+    from conftest import targets_for
+
+    import gpubp
+
+    net = gpubp.MLP([4, 6, 3], activation="tanh", loss=name, backend=backend, seed=0)
+    ws = net.load_batch(rng.normal(size=(9, 4)), targets_for(name, 9, 3, rng))
+    net.feedforward(ws)
+    first, second = float(net.compute_loss(ws)), float(net.compute_loss(ws))
+    assert first == second
+    assert first == pytest.approx(net.evaluate(*_last_batch(ws, net, name))["loss"], rel=1e-5)
+
+
+def _last_batch(ws, net, name):
+    X = net.backend.to_host(ws.x)
+    Y = net.backend.to_host(ws.labels) if name == "cross_entropy" else net.backend.to_host(ws.y)
+    return X, Y

@@ -85,7 +85,7 @@ def test_a_workspace_too_big_suggests_a_batch_that_fits():
         net.loss_and_grads(X, y)
     message = str(info.value)
     assert "while allocating the workspace of a batch of 4096" in message
-    per_sample = 4 * (784 + 10 + 2 * 266 + 2 * 256 + 3 + 10) + 8
+    per_sample = 4 * (784 + 10 + 2 * 266 + 2 * 256 + 3 + 10) + 16  # + int64 labels and row index
     suggestion = 1 << (int(0.8 * 2**20 / per_sample).bit_length() - 1)
     assert f"try batch_size={suggestion} or smaller" in message and suggestion < 4096
     backend.limit = False
@@ -102,3 +102,28 @@ def test_a_training_set_too_big_for_the_device_says_so():
     X, y = np.zeros((2000, 784)), np.zeros(2000, np.int64)  # float64: copied to float32 on the "device"
     with pytest.raises(DeviceMemoryError, match=r"while copying the training set \(6.0 MiB of inputs\) to the GPU"):
         net.fit(X, y, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("activation,loss,labels", [("relu", "cross_entropy", True), ("relu", "mse", False),
+                                                    ("gelu", "mse", False),
+                                                    (["silu", "tanh"], "bce", False)])
+def test_bytes_per_sample_is_what_a_workspace_allocates(activation, loss, labels):
+    """One formula (gpubp.workspace.bytes_per_sample) for the advice and for gpubp bench, checked against
+    the bytes a workspace really holds once training has used every buffer."""
+    from gpubp.benchmark import Config, workspace_bytes
+    from gpubp.workspace import bytes_per_sample
+
+    sizes = [7, 12, 5, 3] if isinstance(activation, list) else [7, 12, 3]
+    net = gpubp.MLP(sizes, activation=activation, loss=loss, backend="numpy", seed=0)
+    batch = 16
+    ws = net.workspace(batch)
+    ws.delta  # noqa: B018  (allocated on the first backward pass)
+    if labels:
+        ws.labels  # noqa: B018
+    arrays = [ws.x, ws.y, ws.rows, ws.ones, *ws.a[1:], *ws.delta[1:], *(z for z in ws.z if z is not None),
+              ws.tmp[1].base, *([ws._labels, ws._row_index] if labels else [])]
+    held = sum(a.nbytes for a in arrays)
+    keep_z = [z is not None for z in ws.z[1:]]
+    assert bytes_per_sample(net.sizes, 4, keep_z, labels=labels) * batch == held
+    if activation == "relu" and not labels:
+        assert workspace_bytes(Config(tuple(sizes), batch), 4) == held + 2 * net.n_params * 4

@@ -84,13 +84,21 @@ class Backend:
         never share one, so networks trained in parallel threads do not race.
         """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        size = math.prod(shape)
-        buffers: dict[tuple[str, np.dtype], Array] = self._local.__dict__.setdefault("buffers", {})
-        key = (name, np.dtype(dtype))
-        buffer = buffers.get(key)
+        local = self._local.__dict__
+        views: dict[tuple[str, tuple[int, ...], Any], Array] = local.setdefault("views", {})
+        key = (name, shape, dtype)
+        view = views.get(key)
+        if view is not None:
+            return view
+        buffers: dict[tuple[str, np.dtype], Array] = local.setdefault("buffers", {})
+        size, kind = math.prod(shape), (name, np.dtype(dtype))
+        buffer = buffers.get(kind)
         if buffer is None or buffer.size < size:
-            buffer = buffers[key] = self.empty((size,), key[1])
-        return buffer[:size].reshape(shape)
+            buffer = buffers[kind] = self.empty((size,), kind[1])
+            for stale in [k for k in views if k[0] == name and np.dtype(k[2]) == kind[1]]:
+                del views[stale]  # views of the smaller buffer: let it go
+        view = views[key] = buffer[:size].reshape(shape)
+        return view
 
     def elementwise(self, function: Callable[..., None], arrays: list[Any]) -> None:
         """``function(*arrays)``, for an elementwise ``function`` (the NumPy backend splits it over threads)."""

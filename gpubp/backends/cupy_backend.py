@@ -57,7 +57,7 @@ class CupyBackend(FusedBackend):
 
     def activate(self) -> ContextManager[Any]:
         """``with backend.activate():`` runs the block with this backend's device current."""
-        return self.device  # type: ignore[no-any-return]
+        return self.device
 
     def device_name(self) -> str:
         props = self.xp.cuda.runtime.getDeviceProperties(self.device.id)

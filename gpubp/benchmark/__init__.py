@@ -47,7 +47,6 @@ from typing import Any, Callable
 import numpy as np
 
 from .._version import __version__
-from ..backends import Backend
 from .report import (
     OPTIONAL_ROW_FIELDS,
     ROW_FIELDS,

@@ -50,7 +50,8 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def largest_within_budget(rows: list[dict[str, Any]], samples: int = 60000, seconds: float = 10.0) -> list[dict[str, Any]]:
+def largest_within_budget(rows: list[dict[str, Any]], samples: int = 60000,
+                          seconds: float = 10.0) -> list[dict[str, Any]]:
     """Per backend, the largest network (by parameters) that trains ``samples`` in at most ``seconds``."""
     out = []
     for backend in sorted({row["backend"] for row in rows}):
@@ -110,7 +111,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Measured {report['date']} on {where}; numpy {machine['numpy']}, torch {machine['torch']}"
              + (f", cupy {machine['cupy']}" if machine.get("cupy") else "") + f"; `{report['command']}`; "
              f"{report['settings']['dtype']}, median of {report['settings']['repeats']} rounds.", "",
-             "| backend | sizes | batch | step ms | GEMMs ms | step / GEMMs | samples/s | TFLOP/s | torch ms | step / torch |",
+             "| backend | sizes | batch | step ms | GEMMs ms | step / GEMMs | samples/s | TFLOP/s | torch ms "
+             "| step / torch |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in report["rows"]:
         torch_ms = f"{row['torch_ms']:.3g}" if "torch_ms" in row else "–"
@@ -124,7 +126,8 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{s['speedup']:.1f}× |" for s in report["speedups"]]
     settings = report["settings"]
     lines += ["", f"| backend | largest network measured for {settings['budget_samples']} samples in "
-                  f"≤ {settings['budget_s']:g} s | parameters | batch | epoch s |", "| --- | --- | ---: | ---: | ---: |"]
+                  f"≤ {settings['budget_s']:g} s | parameters | batch | epoch s |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for entry in report["largest_within_budget"]:
         if entry["sizes"] is None:
             lines.append(f"| {entry['backend']} | none | – | – | – |")

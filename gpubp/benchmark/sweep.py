@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..activations import ACTIVATIONS
 from ..workspace import bytes_per_sample
 
 FULL_WIDTHS = (64, 256, 1024, 2048, 4096, 8192)
@@ -55,9 +56,8 @@ def workspace_bytes(config: Config, itemsize: int) -> int:
     """Device memory a step needs: parameters and gradients, and the workspace of a batch
     (:func:`gpubp.workspace.bytes_per_sample`: the same formula as the out-of-memory advice).
 
-    The sweep's networks are ReLU (σ' from A, no Z kept) with an identity output and MSE (Z kept
-    for the output layer) and dense targets (no label buffers).
+    The sweep's networks are ReLU with an identity output and MSE, on dense targets (no label buffers).
     """
-    keep_z = [False] * (len(config.sizes) - 2) + [True]
+    keep_z = [ACTIVATIONS["relu"].needs_z] * (len(config.sizes) - 2) + [ACTIVATIONS["identity"].needs_z]
     return itemsize * 2 * config.params + config.batch * bytes_per_sample(config.sizes, itemsize, keep_z,
                                                                           labels=False)

@@ -51,7 +51,8 @@ class Clock:
         end.synchronize()
         return cupy.cuda.get_elapsed_time(start, end) / 1e3 / inner
 
-    def medians(self, functions: dict[str, Callable[[], Any]], repeats: int, target_s: float = 0.05) -> dict[str, float]:
+    def medians(self, functions: dict[str, Callable[[], Any]], repeats: int,
+                target_s: float = 0.05) -> dict[str, float]:
         """Median seconds per call of each function, interleaved round by round (drift hits all alike)."""
         for function in functions.values():  # warm-up: workspaces, kernels, BLAS threads, allocators
             for _ in range(2):
