@@ -45,7 +45,12 @@ class FakeCupy:
         class OutOfMemoryError(Exception):
             pass
 
+        def set_device(device: int) -> None:
+            assert 0 <= device < devices, f"no device {device}"
+            fake.current = device
+
         runtime = type("runtime", (), {"getDevice": staticmethod(lambda: fake.current),
+                                       "setDevice": staticmethod(set_device),
                                        "getDeviceProperties": staticmethod(lambda i: {"multiProcessorCount": 2,
                                                                                       "name": b"Stand-in"})})
         self.cuda = type("cuda", (), {"Device": Device, "runtime": runtime,

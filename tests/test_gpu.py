@@ -7,7 +7,9 @@ import pytest
 from conftest import requires_gpu
 
 import gpubp
+from gpubp.guard import Guard
 from gpubp.optim import SGD, Adam, AdamW
+from gpubp.training import Step
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -155,11 +157,13 @@ def test_training_step_never_synchronises_with_the_host():
     X = cupy.asarray(rng.normal(size=(128, 32)).astype(np.float32))
     y = cupy.asarray(rng.integers(0, 10, 128))
     optimizer = AdamW(1e-3)
-    ws = net._load_batch(X, y)
-    net._step(ws, optimizer)
-    with cupyx.allow_synchronize(False):
+    ws = net.load_batch(X, y)
+    guard = Guard(net.backend, net.grads, "raise", None)
+    step = Step(net, optimizer, guard)
+    step(ws)
+    with cupyx.allow_synchronize(False):  # the guard's flag, the update, the step count: all on the device
         for _ in range(3):
-            net._step(ws, optimizer)
+            step(ws)
     cupy.cuda.get_current_stream().synchronize()
 
 
@@ -206,8 +210,9 @@ def test_divergence_guard_on_the_gpu(check_every):
     assert history["skipped_steps"] == [1, 1] and np.isfinite(history["loss"]).all()
 
 
-def test_resume_on_the_gpu_matches_an_uninterrupted_run(tmp_path):
+def test_resume_on_the_gpu_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     """What the README claims for the GPU: resume is bit-identical on the same device and libraries."""
+    from gpubp import training
     X, y = gpubp.data.spirals(2000, n_classes=3, seed=0)
 
     def run(epochs, checkpoint=None, resume=False):
@@ -217,7 +222,17 @@ def test_resume_on_the_gpu_matches_an_uninterrupted_run(tmp_path):
         return net.get_weights()
 
     path = tmp_path / "ck.npz"
-    run(2, path)
+    real_lr = training.checked_lr
+
+    def interrupted(schedule, epoch, base_lr, epochs):  # the first run dies before its third epoch
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_lr(schedule, epoch, base_lr, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "checked_lr", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(4, path)
     resumed, straight = run(4, path, resume=True), run(4)
     for a, b in zip(resumed, straight):
         np.testing.assert_array_equal(a, b)
@@ -233,4 +248,4 @@ def test_out_of_memory_on_the_gpu_names_sizes_and_a_batch():
     net = gpubp.MLP([4096, 4096, 10], backend="cupy", seed=0)
     batch = int(total // (4 * 4096 * 4)) + 1  # a workspace larger than the device
     with pytest.raises(DeviceMemoryError, match=r"try batch_size=\d+ or smaller"):
-        net._workspace(batch)
+        net.workspace(batch)

@@ -32,7 +32,7 @@ def _fake_cupy_backend(free=3 * 2**20, total=80 * 2**30, cached=2**20):
         get_default_memory_pool=lambda: types.SimpleNamespace(free_bytes=lambda: cached))
     backend = object.__new__(CupyBackend)
     backend.xp = fake
-    backend.device = contextlib.nullcontext()  # every operation runs "on" it
+    backend.scope = contextlib.nullcontext()  # every operation runs "on" it
     backend.memory_info = lambda: (free, total)
     backend.device_name = lambda: "Stand-in GPU"
     return backend

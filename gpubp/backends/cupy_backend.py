@@ -18,6 +18,7 @@ for a block of code (the network enters it around each public call).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, ContextManager
 
 import numpy as np
@@ -32,6 +33,30 @@ _MODULES = CudaModules()
 
 BLOCKS_PER_SM = 32
 """Grid-stride kernels launch at most this many 256-thread blocks per multiprocessor."""
+
+
+class DeviceScope:
+    """``with scope:`` makes device ``device_id`` current and restores the previous one on exit.
+
+    Re-entrant and safe to share between threads: each thread keeps its own
+    stack of previous devices (CUDA's current device is per thread).
+    """
+
+    def __init__(self, runtime: Any, device_id: int) -> None:
+        self.runtime, self.id = runtime, device_id
+        self._local = threading.local()
+
+    def __enter__(self) -> DeviceScope:
+        previous = self.runtime.getDevice()
+        self._local.__dict__.setdefault("stack", []).append(previous)
+        if previous != self.id:
+            self.runtime.setDevice(self.id)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        previous = self._local.stack.pop()
+        if previous != self.id:
+            self.runtime.setDevice(previous)
 
 
 class CupyBackend(FusedBackend):
@@ -49,15 +74,17 @@ class CupyBackend(FusedBackend):
     def __init__(self, device: int | None = None, bias_grad: str = "gemv") -> None:
         import cupy
 
-        self.device = cupy.cuda.Device(device if device is not None else cupy.cuda.runtime.getDevice())
-        with self.device:
+        runtime = cupy.cuda.runtime
+        self.device = cupy.cuda.Device(device if device is not None else runtime.getDevice())
+        self.scope = DeviceScope(runtime, self.device.id)
+        with self.scope:
             sm_count = cupy.cuda.runtime.getDeviceProperties(self.device.id)["multiProcessorCount"]
             ops = FusedOps(_MODULES, max_blocks=sm_count * BLOCKS_PER_SM, device=self.device.id)
             super().__init__(cupy, ops, bias_grad)
 
     def activate(self) -> ContextManager[Any]:
         """``with backend.activate():`` runs the block with this backend's device current."""
-        return self.device
+        return self.scope
 
     def device_name(self) -> str:
         props = self.xp.cuda.runtime.getDeviceProperties(self.device.id)
@@ -114,7 +141,7 @@ class CupyBackend(FusedBackend):
 def _on_device(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def run(self: CupyBackend, *args: Any, **kwargs: Any) -> Any:
-        with self.device:
+        with self.scope:
             return method(self, *args, **kwargs)
 
     return run
