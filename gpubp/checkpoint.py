@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -146,11 +146,13 @@ def _progress(source: Path, progress: dict[str, Any]) -> tuple[int, int, dict[st
         raise GpubpValueError(f"checkpoint {str(source)!r} has invalid training progress: {error}") from None
 
 
-def restore(path: Any, model: Model, optimizer: Optimizer, run: dict[str, Any]) -> Resumed:
+def restore(path: Any, model: Model, optimizer: Optimizer, run: dict[str, Any],
+            accept_progress: Callable[[dict[str, Any]], None] | None = None) -> Resumed:
     """Load a checkpoint into ``model`` and ``optimizer`` for ``fit(resume=True)``.
 
     In order: every check (format, same network, same run, same optimizer,
-    progress, finite parameters), then the optimizer's device allocations, and
+    progress, finite parameters; and ``accept_progress(progress)``, the
+    caller's own, which raises to refuse), then the optimizer's device allocations, and
     only then any change — so an error, out-of-memory included, leaves model and
     optimizer as they were. The caller allocates what else it needs (the
     best-weights buffer) before calling.
@@ -158,6 +160,11 @@ def restore(path: Any, model: Model, optimizer: Optimizer, run: dict[str, Any]) 
     source, metadata, arrays = read_checkpoint(path)
     check_same_run(source, metadata, arrays, model, optimizer, run)
     epoch, step, rng_state, history, early = _progress(source, metadata["progress"])
+    if accept_progress is not None:
+        try:
+            accept_progress(metadata["progress"])
+        except (KeyError, TypeError) as error:
+            raise GpubpValueError(f"checkpoint {str(source)!r} has invalid training progress: {error!r}") from None
     try:
         optimizer.check_state(model.params, metadata["optimizer"], optimizer_arrays(arrays))
     except (TypeError, KeyError) as error:

@@ -22,7 +22,10 @@ from .mlp import MLP
 from .optim import Optimizer
 from .serialization import check_model_config, format_of, read_model, read_npz
 
-__all__ = ["Checkpoint", "load", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "load", "load_checkpoint", "save", "save_checkpoint"]
+
+save = MLP.save
+"""``save(net, path)``: the same as ``net.save(path)``."""
 
 
 def load(path: Any, backend: str | Backend = "auto") -> MLP:

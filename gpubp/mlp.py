@@ -40,6 +40,13 @@ PREDICT_BATCH = 2048
 """Rows per forward pass of :meth:`MLP.forward`, :meth:`MLP.predict` and :meth:`MLP.evaluate` by default."""
 
 
+
+def _quiet_overflow() -> np.errstate:
+    """Inference on finite inputs so large that the arithmetic overflows gives inf/NaN outputs, as on the
+    GPU and in PyTorch, instead of NumPy's warnings (training reports it through the divergence guard)."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 class MLP:
     """A fully-connected network trained by explicit backpropagation.
 
@@ -315,10 +322,10 @@ class MLP:
 
     def forward(self, X: Any, batch_size: int | None = None) -> Array:
         """The network's output for ``X`` as a backend array (probabilities for cross_entropy/bce)."""
-        X = self.check_x(X)
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
-        n = X.shape[0]
-        with self.backend.activate():
+        with self.backend.activate(), _quiet_overflow():
+            X = self.check_x(X)
+            n = X.shape[0]
             out = self.backend.empty((n, self.sizes[-1]), self.dtype)
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
@@ -333,10 +340,11 @@ class MLP:
 
     def evaluate(self, X: Any, Y: Any, batch_size: int | None = None) -> dict[str, float]:
         """``{"loss": …}`` over the whole set, plus ``"accuracy"`` for cross_entropy and bce."""
-        X = self.check_x(X)
-        is_labels, Y = self.check_y(Y, X.shape[0])
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
-        return self.evaluate_checked(X, is_labels, Y, batch_size)
+        with self.backend.activate():
+            X = self.check_x(X)
+            is_labels, Y = self.check_y(Y, X.shape[0])
+            return self.evaluate_checked(X, is_labels, Y, batch_size)
 
     def evaluate_checked(self, X: Array, is_labels: bool, Y: Array,
                          batch_size: int = PREDICT_BATCH) -> dict[str, float]:
@@ -344,7 +352,7 @@ class MLP:
         n = X.shape[0]
         total_loss: Any = 0.0
         correct: Any = 0
-        with self.backend.activate():
+        with self.backend.activate(), _quiet_overflow():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 ws = self.workspace(stop - start)

@@ -114,7 +114,7 @@ class FitConfig:
         return cls(
             epochs=epochs, batch_size=check.positive_int("batch_size", batch_size),
             optimizer=inputs.check_optimizer(optimizer if optimizer is not None else Adam()),
-            shuffle=shuffle, progress=progress, seed=seed,
+            shuffle=shuffle, progress=progress, seed=None if seed is None else int(seed),
             validation_split=check.fraction("validation_split", validation_split),
             schedule=get_schedule(lr_schedule, epochs),
             early_stopping=None if early_stopping is None else check.positive_int("early_stopping", early_stopping),
@@ -178,10 +178,14 @@ class EarlyStopping:
         return self.patience is not None and self.waited >= self.patience
 
     def state(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "waited": self.waited}
+        return {"monitor": self.monitor, "best_value": self.best_value, "waited": self.waited}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        best, waited = state["best_value"], state["waited"]
+        """Continue from ``state`` (what :meth:`state` returned), which must watch the same metric."""
+        if state.get("monitor") != self.monitor:
+            raise GpubpValueError(f"the checkpoint's early stopping watched {state.get('monitor')!r}, this fit "
+                                  f"monitors {self.monitor!r}; resume with the same monitor")
+        best, waited = state.get("best_value"), state.get("waited")
         if (best is not None and not isinstance(best, (int, float))) or not isinstance(waited, int) or waited < 0:
             raise GpubpValueError(f"invalid early-stopping state {state!r}")
         self.best_value, self.waited = (None if best is None else float(best)), waited
@@ -262,8 +266,9 @@ class _Run:
         self.guard = Guard(self.backend, model.grads, config.on_nonfinite, config.check_every)
         self.step = Step(model, config.optimizer, self.guard)
         self.early = EarlyStopping(monitor, config.early_stopping, config.min_delta)
-        self.keep_best = config.early_stopping is not None and config.restore_best
-        self.best_params = self.backend.empty(model.params.shape, model.params.dtype) if self.keep_best else None
+        keep_best = config.early_stopping is not None and config.restore_best
+        self.best_params = self.backend.empty(model.params.shape, model.params.dtype) if keep_best else None
+        self.best_saved = False  # whether best_params holds the weights of history.best_epoch
         self.history = History()
         self.history.monitor = monitor
         self.steps_done, self.first_epoch = 0, 1
@@ -284,11 +289,8 @@ class _Run:
                 "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "epochs": c.epochs}
 
     def _resume(self, path: Path) -> None:
-        resumed = checkpoints.restore(path, self.model, self.config.optimizer, self.run_identity())
-        try:
-            self.early.load_state(resumed.early_stopping)
-        except (KeyError, TypeError) as error:
-            raise GpubpValueError(f"checkpoint {str(path)!r} has invalid training progress: {error}") from None
+        resumed = checkpoints.restore(path, self.model, self.config.optimizer, self.run_identity(),
+                                      lambda progress: self.early.load_state(progress["early_stopping"]))
         self.rng.bit_generator.state = resumed.rng_state
         self.history, self.steps_done = resumed.history, resumed.step
         self.history.monitor = self.early.monitor
@@ -297,6 +299,7 @@ class _Run:
             self.first_epoch = self.config.epochs + 1
         if self.best_params is not None and resumed.best_params is not None:
             self.backend.copy_into(self.best_params, resumed.best_params)
+            self.best_saved = True
 
     def train(self) -> History:
         optimizer = self.config.optimizer
@@ -314,7 +317,7 @@ class _Run:
         finally:
             optimizer.lr = base_lr
         last = self.history.epochs[-1] if self.history.epochs else None
-        if self.best_params is not None and self.history.best_epoch is not None and self.history.best_epoch != last:
+        if self.best_saved and self.history.best_epoch != last:
             self.backend.copy_into(self.model.params, self.best_params)
         return self.history
 
@@ -354,6 +357,7 @@ class _Run:
             self.history.best_epoch = epoch
             if self.best_params is not None:
                 self.backend.copy_into(self.best_params, model.params)
+                self.best_saved = True
         elif self.early.should_stop:
             self.history.stopped_epoch = epoch
 
@@ -414,4 +418,5 @@ class _Run:
         progress = {"epoch": epoch, "step": self.steps_done, "rng_state": self.rng.bit_generator.state,
                     "history": self.history.to_state(), "early_stopping": self.early.state(),
                     **self.run_identity()}
-        checkpoints.save_checkpoint(path, self.model, self.config.optimizer, progress, self.best_params)
+        best = self.best_params if self.best_saved else None
+        checkpoints.save_checkpoint(path, self.model, self.config.optimizer, progress, best)

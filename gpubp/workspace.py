@@ -87,7 +87,7 @@ class Workspace:
         """Integer class labels of the batch, allocated when first used."""
         if self._labels is None:
             self._labels = self._backend.empty((self.batch,), np.int64)
-            self._row_index = self._backend.xp.arange(self.batch)
+            self._row_index = self._backend.asarray(np.arange(self.batch))
         return self._labels
 
     def load_targets(self, labels: bool, targets: Any) -> None:

@@ -4,9 +4,9 @@
 // off), in the operation order of the reference in gpubp/backends/base.py. Every scalar that
 // depends only on the hyperparameters is computed once on the host in double precision and
 // passed in the element type, as the NumPy reference does. Adam's bias corrections depend on
-// the step count, which lives on the device (`steps`, the number of updates applied): each
-// thread computes them in double from it, so the host never needs to know whether the
-// divergence guard skipped a step.
+// the step count, which lives on the device (`steps`, the number of updates applied): one
+// thread counts the step and computes them in double (adam_prepare), so the host never needs
+// to know whether the divergence guard skipped a step.
 //
 // sgd_step<T>    g = grad + wd * theta
 //                momentum:  v = mu v + g;  theta -= lr g + lr mu v   (Nesterov)
@@ -16,9 +16,11 @@
 // sets it when the loss or a gradient is not finite, so a bad step never reaches the weights
 // and no host synchronisation is needed to decide).
 //
-// count_step     if *skip == 0: *steps += 1   (one thread; launched before the update)
+// count_step     if *skip == 0: *steps += 1   (one thread; launched before sgd_step)
+// adam_prepare<T>  if *skip == 0: t = ++*steps;  factors = [lr / (1 - b1^t), 1 / sqrt(1 - b2^t)]
+//                (one thread; launched before adam_step, which reads the two factors)
 //
-// adam_step<T>   t = *steps (already counted);  AdamW: theta *= 1 - lr wd   (decoupled);  Adam: g = grad + wd theta (L2)
+// adam_step<T>   AdamW: theta *= 1 - lr wd   (decoupled);  Adam: g = grad + wd theta (L2)
 //                m = m + (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2
 //                theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 #include "common.cuh"
@@ -27,6 +29,16 @@ namespace gpubp {
 
 __global__ void count_step(long long* steps, const int* __restrict__ skip) {
     if (blockIdx.x == 0 && threadIdx.x == 0 && *skip == 0) *steps += 1;
+}
+
+template <class T>
+__global__ void adam_prepare(long long* steps, const int* __restrict__ skip, double beta1, double beta2,
+                             double lr, T* factors) {
+    if (blockIdx.x != 0 || threadIdx.x != 0 || *skip != 0) return;
+    const long long t = *steps + 1;
+    *steps = t;
+    factors[0] = (T)(lr / (1.0 - pow(beta1, (double)t)));
+    factors[1] = (T)(1.0 / sqrt(1.0 - pow(beta2, (double)t)));
 }
 
 template <class T>
@@ -56,12 +68,10 @@ __global__ void sgd_step(T* params, const T* __restrict__ grads, T* velocity, in
 template <class T>
 __global__ void adam_step(T* params, const T* __restrict__ grads, T* m, T* v, index_t n,
                           T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay, T decay,
-                          int decoupled, double beta1_d, double beta2_d, double lr,
-                          const long long* __restrict__ steps, const int* __restrict__ skip) {
+                          int decoupled, const T* __restrict__ factors, const int* __restrict__ skip) {
     if (*skip) return;
-    const double t = (double)*steps;
-    const T inv_bias_correction2_sqrt = (T)(1.0 / sqrt(1.0 - pow(beta2_d, t)));
-    const T step_size = (T)(lr / (1.0 - pow(beta1_d, t)));
+    const T step_size = factors[0];
+    const T inv_bias_correction2_sqrt = factors[1];
     GPUBP_GRID_STRIDE(i, n) {
         T p = params[i];
         T g = grads[i];

@@ -249,3 +249,14 @@ def test_no_hidden_layer_is_logistic_regression(backend, rng):
 def test_repr_names_the_architecture():
     text = repr(gpubp.MLP([3, 4, 2], activation="relu", loss="cross_entropy", backend="numpy"))
     assert "sizes=[3, 4, 2]" in text and "'relu'" in text and "cross_entropy" in text and "params=26" in text
+
+
+def test_inference_on_huge_finite_inputs_gives_inf_not_warnings(backend):
+    """Found by the property tests: finite inputs near the float32 limit overflow the first GEMM.
+    predict and evaluate return the non-finite values (as PyTorch does) without NumPy's RuntimeWarning,
+    which this suite turns into an error."""
+    net = gpubp.MLP([4, 5, 3], activation="tanh", backend=backend, seed=0)
+    X = np.full((1, 4), 2.3690432e38, np.float32)
+    out = net.predict(X)
+    assert out.shape == (1, 3)
+    assert not np.isfinite(net.evaluate(X, np.zeros((1, 3)))["loss"]) or np.isfinite(out).all()

@@ -129,9 +129,72 @@ def test_early_stopping_state_round_trip_and_checks():
     assert not stopper.should_stop and not stopper.update({"val_accuracy": 0.4}) and stopper.should_stop
     other = training.EarlyStopping("val_accuracy", patience=2, min_delta=0.0)
     other.load_state(stopper.state())
-    assert other.state() == {"best_value": 0.5, "waited": 2} and other.should_stop
+    assert other.state() == {"monitor": "val_accuracy", "best_value": 0.5, "waited": 2} and other.should_stop
     with pytest.raises(GpubpValueError, match="invalid early-stopping state"):
-        other.load_state({"best_value": "x", "waited": 0})
+        other.load_state({"monitor": "val_accuracy", "best_value": "x", "waited": 0})
+    with pytest.raises(GpubpValueError, match="watched 'loss', this fit monitors 'val_accuracy'"):
+        other.load_state({"monitor": "loss", "best_value": 0.5, "waited": 0})
+
+
+def _interrupted_at(monkeypatch, epoch, run):
+    """``run()`` with the loop made to stop (KeyboardInterrupt) before ``epoch``."""
+    real_lr = training.checked_lr
+
+    def interrupted(schedule, e, base_lr, epochs):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real_lr(schedule, e, base_lr, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "checked_lr", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
+def test_resume_without_saved_best_weights_never_restores_garbage(tmp_path, monkeypatch):
+    """A checkpoint written with restore_best=False has no best weights; resuming it with restore_best=True
+    must not put an unfilled buffer into the network: with nothing better seen after the resume, the
+    last weights stay, exactly as in a run that never restores."""
+    X, y = _data()
+
+    def run(path, restore_best):  # min_delta=10: only epoch 1 counts as an improvement; stops after epoch 4
+        net = _net()
+        history = net.fit(X, y, epochs=6, batch_size=50, optimizer=SGD(0.5), progress=False, seed=0,
+                          checkpoint=path, resume=True, early_stopping=3, min_delta=10.0,
+                          restore_best=restore_best)
+        return net, history
+
+    _interrupted_at(monkeypatch, 3, lambda: run(tmp_path / "ck.npz", False))
+    resumed, history = run(tmp_path / "ck.npz", True)
+    assert history.best_epoch == 1 and history.stopped_epoch == 4
+    never_restoring, _ = run(tmp_path / "other.npz", False)
+    for a, b in zip(resumed.get_weights(), never_restoring.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_refused_early_stopping_state_changes_nothing(tmp_path):
+    import json
+
+    path = tmp_path / "ck.npz"
+    _fit(_net(), Adam(0.01), 2, path, early_stopping=5)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    metadata = json.loads(str(arrays.pop("metadata")))
+    metadata["progress"]["early_stopping"]["best_value"] = "x"
+    np.savez(path, metadata=np.array(json.dumps(metadata)), **arrays)
+    net, optimizer = _net(seed=4), Adam(0.01)
+    before = net.get_weights()
+    with pytest.raises(GpubpValueError, match="invalid early-stopping state"):
+        _fit(net, optimizer, 2, path, resume=True, early_stopping=5)
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert optimizer.steps == 0 and not optimizer.state
+
+
+def test_a_numpy_integer_seed_is_recorded_as_a_number(tmp_path):
+    path = tmp_path / "ck.npz"
+    _fit(_net(), Adam(0.01), 1, path, seed=np.int64(3))
+    assert load_checkpoint(path, backend="numpy").progress["seed"] == 3
 
 
 # --- bug 7: time and samples/s are training only --------------------------------------------------------

@@ -60,7 +60,8 @@ def _instantiations() -> dict[str, list[str]]:
             kernels["loss.cu"].append(f"gpubp::pointwise_loss<{ctype}, gpubp::{functor}>")
         kernels["reduce.cu"] += [f"gpubp::column_partials<{ctype}>", f"gpubp::column_total<{ctype}>",
                                  f"gpubp::any_nonfinite<{ctype}>"]
-        kernels["optim.cu"] += [f"gpubp::sgd_step<{ctype}>", f"gpubp::adam_step<{ctype}>"]
+        kernels["optim.cu"] += [f"gpubp::sgd_step<{ctype}>", f"gpubp::adam_prepare<{ctype}>",
+                                f"gpubp::adam_step<{ctype}>"]
     kernels["optim.cu"].append("gpubp::count_step")
     return kernels
 
@@ -288,13 +289,20 @@ class FusedOps:
             params, grads, params if velocity is None else velocity, np.int64(params.size), scalar(lr),
             scalar(momentum), scalar(lr * momentum), scalar(weight_decay), np.int32(bool(nesterov)), skip))
 
-    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, steps: Any, skip: Any, *, lr: float,
+    def adam_prepare(self, steps: Any, skip: Any, factors: Any, *, lr: float, beta1: float, beta2: float) -> None:
+        """Unless ``skip[0]``: count the step in ``steps[0]`` and write its two bias-correction factors
+        (``lr / (1 − β₁ᵗ)``, ``1 / √(1 − β₂ᵗ)``) into ``factors`` (one thread, on the device)."""
+        function = self._function(factors.dtype, "adam_prepare")
+        self._launch(1, function, (steps, skip, np.float64(beta1), np.float64(beta2), np.float64(lr), factors),
+                     grid=(1,), block=(1,))
+
+    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, factors: Any, skip: Any, *, lr: float,
                   beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
-        """One Adam/AdamW step with the bias corrections of step ``steps[0]`` (a device int64, already
-        counted); does nothing on the device when ``skip[0]`` is set."""
+        """One Adam/AdamW step with the bias-correction ``factors`` of :meth:`adam_prepare`; does nothing
+        on the device when ``skip[0]`` is set."""
         scalar = params.dtype.type
         function = self._function(params.dtype, "adam_step")
         self._launch(params.size, function, (
             params, grads, m, v, np.int64(params.size), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
             scalar(eps), scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled)),
-            np.float64(beta1), np.float64(beta2), np.float64(lr), steps, skip))
+            factors, skip))

@@ -48,9 +48,9 @@ class DeviceScope:
 
     def __enter__(self) -> DeviceScope:
         previous = self.runtime.getDevice()
-        self._local.__dict__.setdefault("stack", []).append(previous)
         if previous != self.id:
             self.runtime.setDevice(self.id)
+        self._local.__dict__.setdefault("stack", []).append(previous)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,7 @@
 :class:`~gpubp.backends._kernels.FusedOps`):
 
 ====================================  ==============================================  =========
-operation                             kernel (one launch)                               reference
+operation                             kernel (one pass over memory)                     reference
 ====================================  ==============================================  =========
 ``bias_activation_forward``           ``bias_act_forward<T, σ>``: z += b, a = σ(z)      2–9
 ``activation_backward``               ``act_backward<T, σ>``: δ ← δ ⊙ σ'                2–17
@@ -15,7 +15,10 @@ operation                             kernel (one launch)                       
                                       (+ one sum of the per-row/per-element losses)
 ``bias_grad`` (``"kernel"``)          ``column_partials`` + ``column_total``            1 GEMV
 ``one_hot``                           ``one_hot<T>``                                    2
-``sgd_update`` / ``adam_update``      ``count_step`` + ``sgd_step<T>`` / ``adam_step<T>``  2–8 / 13–15
+``sgd_update`` / ``adam_update``      ``sgd_step<T>`` / ``adam_step<T>``                2–8 / 13–15
+                                      (after a one-thread ``count_step`` /
+                                      ``adam_prepare<T>`` that counts the step on the
+                                      device and computes Adam's bias corrections)
 ``nonfinite_flag``                    ``any_nonfinite<T>``                              2
 ====================================  ==============================================  =========
 
@@ -150,6 +153,7 @@ class FusedBackend(Backend):
                     *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                     decoupled: bool) -> None:
         skip = self._never_skip if skip is None else skip
-        self.ops.count_step(steps, skip)  # first: adam_step reads the count of this step
-        self.ops.adam_step(params, grads, m, v, steps, skip, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+        factors = self.scratch("adam_factors", (2,), params.dtype)
+        self.ops.adam_prepare(steps, skip, factors, lr=lr, beta1=beta1, beta2=beta2)
+        self.ops.adam_step(params, grads, m, v, factors, skip, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                            weight_decay=weight_decay, decoupled=decoupled)

@@ -75,13 +75,14 @@ def measure(backend: Any, config: Config, dtype: str, repeats: int, with_torch: 
     """One row of the report: the step, its GEMM floor and (where available) PyTorch, side by side."""
     clock = Clock(backend.is_gpu)
     rng = np.random.default_rng(0)
-    functions: dict[str, Callable[[], Any]] = {"step": gpubp_step(backend, config, dtype, rng),
-                                               "gemm": gemm_step(backend, config, dtype, rng)}
-    if with_torch:
-        torch_function = torch_step(config, dtype, backend.is_gpu, rng)
-        if torch_function is not None:
-            functions["torch"] = torch_function
-    seconds = clock.medians(functions, repeats)
+    with backend.activate():  # the clock's events and synchronisation on the backend's device
+        functions: dict[str, Callable[[], Any]] = {"step": gpubp_step(backend, config, dtype, rng),
+                                                   "gemm": gemm_step(backend, config, dtype, rng)}
+        if with_torch:
+            torch_function = torch_step(config, dtype, backend.is_gpu, rng)
+            if torch_function is not None:
+                functions["torch"] = torch_function
+        seconds = clock.medians(functions, repeats)
     return make_row(backend.name, backend.device_name(), config, dtype, seconds)
 
 
