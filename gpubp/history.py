@@ -10,7 +10,9 @@ class History:
 
     Keys present depend on the run: ``loss``, ``accuracy`` (classification),
     ``val_loss``/``val_accuracy`` (with validation data), ``lr`` (the
-    learning rate of the epoch), ``time`` (seconds per epoch) and ``samples_per_s``.
+    learning rate of the epoch), ``time`` (seconds of the epoch's training pass) and ``samples_per_s``
+    (training samples per second of it), ``val_time`` (seconds of the validation pass, with validation
+    data), ``skipped_steps`` (with ``on_nonfinite="skip_step"``).
     """
 
     def __init__(self) -> None:
