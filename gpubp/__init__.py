@@ -21,7 +21,8 @@ import sys as _sys
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import data, datasets, optim, schedules  # noqa: E402  (after the OpenBLAS setting above)
+# plot imports matplotlib only when a plot is drawn, so it stays an optional extra
+from . import data, datasets, optim, plot, schedules  # noqa: E402  (after the OpenBLAS setting above)
 from ._version import __version__  # noqa: E402
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend
@@ -50,5 +51,6 @@ __all__ = [
     "gradcheck",
     "load",
     "optim",
+    "plot",
     "schedules",
 ]

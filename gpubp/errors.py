@@ -53,6 +53,15 @@ class DivergenceError(GpubpError, FloatingPointError):
     """Training produced NaN or Inf; the message names the step and where the values first appeared."""
 
 
+class FileWriteError(GpubpError, OSError):
+    """A file could not be written where the caller asked (no such directory, no permission, disk full);
+    the message names the path the caller gave."""
+
+
+class GpubpWarning(UserWarning):
+    """Something worth knowing that is not an error: a fallback, a default that may surprise, an overflow."""
+
+
 class DeviceMemoryError(GpubpError, MemoryError):
     """The GPU ran out of memory; the message gives the size asked for, the free memory, and what to try.
 

@@ -78,6 +78,16 @@ def output_activation_for(loss: Loss, output_activation: str | None) -> Activati
     return get_activation(output_activation, "output_activation")
 
 
+def check_outputs(loss: Loss, outputs: int) -> None:
+    """Refuse a softmax over a single output: it is 1 whatever the input, so the loss is 0 and nothing is learnt."""
+    if loss.name == "cross_entropy" and outputs < 2:
+        raise GpubpValueError(
+            f"loss 'cross_entropy' needs at least 2 outputs (a softmax over {outputs} output is always 1, so "
+            f"nothing would be learnt); for a yes/no target use loss='bce' with 1 output, or 2 outputs "
+            f"with integer labels 0 and 1"
+        )
+
+
 def check_optimizer(optimizer: Any) -> Optimizer:
     if not isinstance(optimizer, Optimizer):
         raise GpubpTypeError(

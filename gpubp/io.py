@@ -8,11 +8,8 @@ from a checkpoint, and the optimizer of a checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, NamedTuple
 
 from .backends import Backend, HostArray
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -44,16 +41,18 @@ def _build_net(source: Path, config: dict[str, Any], params: HostArray, backend:
         raise GpubpValueError(f"{str(source)!r} does not hold a valid network: {error}") from None
 
 
-@dataclass
-class Checkpoint:
-    """What a training checkpoint holds: the network, its optimizer (with state), and the training progress."""
+class Checkpoint(NamedTuple):
+    """What a training checkpoint holds: ``net, optimizer, progress = load_checkpoint(path)``, or by name.
+
+    ``progress`` has the ``epoch`` and ``step`` completed, ``rng_state`` of the data order,
+    ``history``, the ``early_stopping`` state, and the run's ``n_train``, ``batch_size``,
+    ``shuffle``, ``epochs``, ``seed``, ``validation_split`` and ``lr_schedule``. (The best weights
+    that early stopping kept, when there are any, are for a resumed ``fit``, which reads them itself.)
+    """
 
     net: MLP
     optimizer: Optimizer
     progress: dict[str, Any]
-    """``epoch`` and ``step`` completed, ``rng_state`` of the data order, ``history``, ``early_stopping``
-    state, and the run's ``n_train``, ``batch_size``, ``shuffle``, ``epochs``, ``seed``, ``lr_schedule``."""
-    best_params: np.ndarray | None = None
 
 
 def load_checkpoint(path: Any, backend: str | Backend = "auto") -> Checkpoint:
@@ -64,4 +63,4 @@ def load_checkpoint(path: Any, backend: str | Backend = "auto") -> Checkpoint:
         optimizer = Optimizer.from_state(net.backend, net.params, metadata["optimizer"], optimizer_arrays(arrays))
     except (ValueError, TypeError, KeyError) as error:
         raise GpubpValueError(f"{str(source)!r}: invalid optimizer state: {error}") from None
-    return Checkpoint(net, optimizer, metadata["progress"], arrays.get("best_params"))
+    return Checkpoint(net, optimizer, metadata["progress"])

@@ -92,12 +92,19 @@ def _softmax(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
 def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
     # a already holds softmax(z) (from ``output``), rows the max and the sum of exps. Both are only
     # read, so the loss can be computed again after one forward pass with the same result.
-    n = z.shape[0]
+    # Each row's loss, logsumexp(z) − y·z, is ≥ 0 in exact arithmetic (the targets are probabilities);
+    # it is clamped at 0 row by row, so rounding of saturated logits cannot make the loss negative.
+    n, k = z.shape
     row_max, row_sum = rows[0], rows[1]
-    logsumexp = tmp.reshape(-1)[:n].reshape(n, 1)
-    xp.log(row_sum, out=logsumexp)
-    xp.add(logsumexp, row_max, out=logsumexp)
-    loss = (logsumexp.sum() - xp.vdot(y.ravel(), z.ravel())) * (1.0 / n)
+    row_loss = tmp.reshape(-1)[:n].reshape(n, 1)
+    row_yz = tmp.reshape(-1)[n:2 * n].reshape(n, 1) if k >= 2 else xp.empty((n, 1), z.dtype)
+    xp.log(row_sum, out=row_loss)
+    xp.add(row_loss, row_max, out=row_loss)  # logsumexp(z) per row
+    xp.multiply(y, z, out=delta)  # delta is scratch until BP1 below
+    xp.sum(delta, axis=1, keepdims=True, out=row_yz)
+    xp.subtract(row_loss, row_yz, out=row_loss)
+    xp.maximum(row_loss, 0.0, out=row_loss)
+    loss = row_loss.sum() * (1.0 / n)
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (P − Y) / N
     xp.multiply(delta, 1.0 / n, out=delta)
     return loss
@@ -109,9 +116,13 @@ def _sigmoid_output(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
 
 def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
     # −[y·log σ(z) + (1 − y)·log(1 − σ(z))] = softplus(z) − y·z, stable for any z.
+    # Each element is ≥ 0 in exact arithmetic for y in [0, 1]; clamped so rounding cannot go below.
     scale = 1.0 / z.size
     ACTIVATIONS["softplus"].forward(xp, z, tmp, delta)
-    loss = (tmp.sum() - xp.vdot(y.ravel(), z.ravel())) * scale
+    xp.multiply(y, z, out=delta)  # delta is scratch until BP1 below
+    xp.subtract(tmp, delta, out=tmp)
+    xp.maximum(tmp, 0.0, out=tmp)
+    loss = tmp.sum() * scale
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (σ(z) − Y) / M
     xp.multiply(delta, scale, out=delta)
     return loss

@@ -83,6 +83,7 @@ class MLP:
                  dtype: str = "float32", seed: int | None = None, init: str = "auto"):
         self.sizes = inputs.check_sizes(sizes)
         self.loss: Loss = get_loss(loss)
+        inputs.check_outputs(self.loss, self.sizes[-1])
         hidden = inputs.check_hidden_activations(activation, len(self.sizes) - 2)
         self._activations: list[Activation | None] = [*hidden, inputs.output_activation_for(self.loss,
                                                                                            output_activation)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import GpubpTypeError, GpubpValueError
+from .errors import FileWriteError, GpubpTypeError, GpubpValueError
 
 MODEL_FORMAT = "gpubp.mlp"
 MODEL_VERSION = 1
@@ -72,7 +72,12 @@ def write_npz(path: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
     if target.is_dir():
         raise GpubpValueError(f"path {str(target)!r} is a directory, expected a file name")
     directory = target.parent if str(target.parent) else Path(".")
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    if not directory.is_dir():
+        raise FileWriteError(f"cannot write {str(target)!r}: directory {str(directory)!r} does not exist")
+    try:
+        fd, temporary = _create_temporary(directory, target.name)
+    except OSError as error:
+        raise FileWriteError(f"cannot write {str(target)!r}: {error.strerror or error}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, metadata=np.array(json.dumps(metadata)), **arrays)  # type: ignore[arg-type]
@@ -85,6 +90,18 @@ def write_npz(path: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
         raise
     _fsync_directory(directory)
     return target
+
+
+def _create_temporary(directory: Path, name: str) -> tuple[int, str]:
+    """A new file ``.NAME.XXXXXXXX.tmp`` in ``directory``, opened for writing, created with mode 0666 less
+    the umask — as any other file is (``tempfile.mkstemp`` would make it 0600, and the rename keeps that)."""
+    for _ in range(100):
+        temporary = str(directory / f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name!r} in {str(directory)!r}")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -106,6 +123,10 @@ def read_npz(path: Any, what: str) -> tuple[Path, dict[str, np.ndarray]]:
     source = check_path(path)
     if not source.is_file():
         raise GpubpValueError(f"path {str(source)!r} does not exist or is not a file")
+    with open(source, "rb") as handle:
+        head = handle.read(64)
+    if not head.startswith(b"PK"):
+        raise GpubpValueError(f"{str(source)!r} is not a gpubp file (an .npz archive): it holds {_describe(head)}")
     try:
         with np.load(source, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -119,6 +140,25 @@ def read_npz(path: Any, what: str) -> tuple[Path, dict[str, np.ndarray]]:
         raise GpubpValueError(f"{str(source)!r} is not a gpubp {what}: it has no 'metadata' array, only "
                               f"{sorted(arrays)}")
     return source, arrays
+
+
+def _describe(head: bytes) -> str:
+    """What the first bytes of a file look like, for an error message."""
+    if not head:
+        return "nothing (it is empty)"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single NumPy array (.npy), not an .npz archive"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data"
+    if head.startswith(b"\x80"):
+        return "Python pickle data (never loaded)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+        return f"binary data starting with {head[:8]!r}"
+    return f"text starting with {text[:40]!r}"
 
 
 def read_metadata(path: Any) -> dict[str, Any] | None:

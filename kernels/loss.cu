@@ -5,10 +5,11 @@
 // bias_softmax<T>       Z = Z + b;  P = softmax(Z) row by row, shifted by the row maximum so exp
 //                       never overflows.  Leaves m = max_k z_k in row_max and s = sum_k e^(z_k - m)
 //                       in row_sum (logsumexp(z) = m + log s), for the loss.  One thread per row.
-// softmax_xent<T>       row_loss[n] = m_n + log s_n - sum_k y_nk z_nk   (cross entropy of row n)
+// softmax_xent<T>       row_loss[n] = max(0, m_n + log s_n - sum_k y_nk z_nk)   (cross entropy of row n,
+//                       never below 0 by rounding)
 //                       delta = (P - Y) * scale, scale = 1/N          (BP1 through the softmax).
 //                       row_loss may alias row_sum (each thread reads its s before writing).
-// bce<T>                elem = softplus(z) - y z   (= -[y log p + (1 - y) log(1 - p)], stable)
+// bce<T>                elem = max(0, softplus(z) - y z)   (= -[y log p + (1 - y) log(1 - p)], stable)
 //                       delta = (p - y) * scale, scale = 1/M, p = sigmoid(z) already in a.
 // pointwise_loss<T, L>  d = a - y;  mse: elem = d^2, delta = 2 d scale;  l1: elem = |d|,
 //                       delta = sign(d) scale;  huber (delta = 1): c = clip(d, -1, 1),
@@ -60,7 +61,8 @@ __global__ void softmax_xent(const T* __restrict__ z, const T* __restrict__ p, c
             delta[base + k] = (p[base + k] - yk) * scale;
         }
         const T lse = gp_log(row_sum[r]) + row_max[r];
-        row_loss[r] = lse - yz;
+        const T loss = lse - yz;  // >= 0 exactly; rounding of saturated logits must not make it negative
+        row_loss[r] = loss < T(0) ? T(0) : loss;  // (NaN stays NaN for the divergence guard)
     }
 }
 
@@ -69,7 +71,8 @@ __global__ void bce(const T* __restrict__ z, const T* __restrict__ a, const T* _
                     T* delta, T* elem, index_t n, T scale) {
     GPUBP_GRID_STRIDE(i, n) {
         const T zi = z[i], yi = y[i];
-        elem[i] = Softplus::forward(zi) - yi * zi;
+        const T e = Softplus::forward(zi) - yi * zi;  // >= 0 exactly for y in [0, 1]
+        elem[i] = e < T(0) ? T(0) : e;
         delta[i] = (a[i] - yi) * scale;
     }
 }

@@ -163,3 +163,19 @@ def test_set_weights_validates_before_writing(net):
 def test_every_error_is_a_gpubp_error_and_a_builtin():
     assert issubclass(GpubpValueError, ValueError) and issubclass(GpubpValueError, GpubpError)
     assert issubclass(GpubpTypeError, TypeError) and issubclass(GpubpTypeError, GpubpError)
+
+
+def test_cross_entropy_over_one_output_is_refused():
+    with pytest.raises(GpubpValueError, match="needs at least 2 outputs .* use loss='bce' with 1 output, or 2 outputs"):
+        gpubp.MLP([2, 8, 1], loss="cross_entropy")
+    gpubp.MLP([2, 8, 1], loss="bce", backend="numpy")  # the yes/no network it suggests
+
+
+def test_the_plot_module_is_reachable_without_importing_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, gpubp; assert callable(gpubp.plot.plot_history); print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -73,7 +75,11 @@ def _write_npz(path, **arrays):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda p: p.write_bytes(b"not a zip file at all"), "is not a readable .npz file"),
+    (lambda p: p.write_bytes(b"not a zip file at all"),
+     r"is not a gpubp file \(an .npz archive\): it holds text starting with 'not a zip file at all'"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 but cut short"), "is not a readable .npz file"),
+    (lambda p: np.save(open(p, "wb"), np.zeros(3)), "a single NumPy array"),
+    (lambda p: p.write_bytes(b""), r"it holds nothing \(it is empty\)"),
     (lambda p: _write_npz(p, weights=np.zeros(3)),
      r"is not a gpubp model: it has no 'metadata' array, only \['weights'\]"),
     (lambda p: _write_npz(p, weights=np.zeros(3), metadata=np.array(json.dumps({"format": "gpubp.mlp"}))),
@@ -112,3 +118,50 @@ def test_missing_file_and_directory(tmp_path):
         gpubp.load(tmp_path / "nope.npz")
     with pytest.raises(GpubpValueError, match="is a directory"):
         gpubp.MLP([2, 2], backend="numpy").save(tmp_path)
+
+
+def test_saving_into_a_missing_directory_names_the_path_given(tmp_path):
+    from gpubp.errors import FileWriteError, GpubpError
+
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    target = tmp_path / "no-such-dir" / "model.npz"
+    with pytest.raises(FileWriteError) as info:
+        net.save(target)
+    assert isinstance(info.value, GpubpError) and isinstance(info.value, OSError)
+    assert str(target) in str(info.value) and "does not exist" in str(info.value)
+    assert ".tmp" not in str(info.value)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_are_created_with_the_umask_like_any_other(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        gpubp.MLP([3, 4, 2], backend="numpy", seed=0).save(tmp_path / "m.npz")
+        X, y = gpubp.data.xor(40)
+        gpubp.MLP([2, 4, 2], loss="cross_entropy", backend="numpy", seed=0).fit(
+            X, y, epochs=1, progress=False, checkpoint=tmp_path / "ck.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == mode
+    assert stat.S_IMODE(os.stat(tmp_path / "ck.npz").st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "m.npz"]  # no temporary files left
+
+
+def test_a_text_file_is_not_a_gpubp_file(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("meeting at 10\n")
+    with pytest.raises(GpubpValueError, match="is not a gpubp file .*text starting with 'meeting at 10") as info:
+        gpubp.load(notes, backend="numpy")
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_load_checkpoint_unpacks_as_documented(tmp_path):
+    from gpubp.io import load_checkpoint
+
+    X, y = gpubp.data.xor(40)
+    net = gpubp.MLP([2, 4, 2], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=2, progress=False, checkpoint=tmp_path / "ck.npz")
+    loaded, optimizer, progress = load_checkpoint(tmp_path / "ck.npz", backend="numpy")
+    state = load_checkpoint(tmp_path / "ck.npz", backend="numpy")
+    assert progress["epoch"] == state.progress["epoch"] == 2 and optimizer.steps == state.optimizer.steps
+    np.testing.assert_array_equal(loaded.get_weights()[0], net.get_weights()[0])
