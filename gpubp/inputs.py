@@ -97,32 +97,60 @@ def check_optimizer(optimizer: Any) -> Optimizer:
 
 
 # --- data -----------------------------------------------------------------------------------------------
-def check_x(backend: Backend, X: Any, n_inputs: int, name: str = "X") -> Array:
-    """The inputs as an array (host or device) of shape ``(n, n_inputs)``, finite."""
+def check_x(backend: Backend, X: Any, n_inputs: int, dtype: np.dtype, name: str = "X") -> Array:
+    """The inputs as an array (host or device) of shape ``(n, n_inputs)``, finite in ``dtype``.
+
+    A 1-D array is refused (it could be one sample or one feature of many); the message says how
+    to pass a single sample.
+    """
     xp = backend.xp if backend.is_device_array(X) else np
     array = X if xp is not np else check.host_array(name, X)
     check.dtype_kind(name, array)
     if array.ndim != 2:
+        hint = (f"; for a single sample of {n_inputs} features pass {name}.reshape(1, -1)"
+                if array.ndim == 1 and array.shape[0] == n_inputs else "")
         raise GpubpValueError(
-            f"{name} must be 2-D (n_samples, {n_inputs} features), got {array.ndim}-D shape {array.shape}"
+            f"{name} must be 2-D (n_samples, {n_inputs} features), got {array.ndim}-D shape {array.shape}{hint}"
         )
     if array.shape[0] == 0:
         raise GpubpValueError(f"{name} is empty: it has 0 samples, expected at least 1")
     if array.shape[1] != n_inputs:
         raise GpubpValueError(f"{name} has {array.shape[1]} features, the network's input layer expects {n_inputs}")
     check.finite(name, array, xp)
+    check_representable(name, array, dtype, xp)
     return array
 
 
-def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, name: str = "Y") -> tuple[bool, Array]:
-    """The targets as ``(is_labels, array)``: integer class labels ``(n,)`` or dense ``(n, width)``."""
+def check_representable(name: str, array: Any, dtype: np.dtype, xp: Any = np) -> None:
+    """Refuse finite values that the network's ``dtype`` cannot hold (float64 beyond float32's range would
+    become inf when cast)."""
+    if array.dtype.kind != "f" or array.dtype.itemsize <= dtype.itemsize or array.size == 0:
+        return
+    largest = float(xp.abs(array).max())
+    limit = float(np.finfo(dtype).max)
+    if largest > limit:
+        where = tuple(int(i) for i in xp.argwhere(xp.abs(array) > limit)[0])
+        raise GpubpValueError(
+            f"{name} holds {largest:.6g} (first beyond the range at index {where}), more than the largest "
+            f"{dtype.name} ({limit:.6g}) the network computes in; scale the data, or use dtype='float64'"
+        )
+
+
+def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, dtype: np.dtype,
+            name: str = "Y") -> tuple[bool, Array]:
+    """The targets as ``(is_labels, array)``: integer class labels ``(n,)`` or dense ``(n, width)``.
+
+    Booleans are accepted as dense targets of the classification losses (multi-label 0/1 rows for
+    ``bce``, one-hot rows for ``cross_entropy``).
+    """
     xp = backend.xp if backend.is_device_array(Y) else np
     array = Y if xp is not np else check.host_array(name, Y)
-    check.dtype_kind(name, array)
+    if not (array.dtype.kind == "b" and loss.classification and array.ndim >= 1):
+        check.dtype_kind(name, array)
     if array.ndim == 0 or array.shape[0] != n:
         got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
         raise GpubpValueError(f"{name} has {got} but X has {n} samples; expected one target per sample")
-    if loss.name == "cross_entropy" and array.ndim == 1:
+    if loss.name == "cross_entropy" and array.ndim == 1 and array.dtype.kind != "b":
         _check_labels(array, width, name)
         return True, array
     if array.ndim == 1 and width == 1:
@@ -131,6 +159,7 @@ def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, name: str 
         expected = f"(n, {width})" + (" or (n,) integer labels" if loss.name == "cross_entropy" else "")
         raise GpubpValueError(f"{name} must have shape {expected} for loss {loss.name!r}, got {array.shape}")
     check.finite(name, array, xp)
+    check_representable(name, array, dtype, xp)
     if loss.classification:
         _check_probabilities(xp, array, loss, name)
     return False, array

@@ -20,6 +20,7 @@ surface below (:meth:`MLP.load_batch`, :meth:`MLP.compute_gradients`, …).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from . import _validate as check
 from . import inputs, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
-from .errors import GpubpTypeError, GpubpValueError
+from .errors import GpubpTypeError, GpubpValueError, GpubpWarning
 from .history import History
 from .init import SCHEMES, init_weights
 from .losses import Loss, get_loss
@@ -43,8 +44,14 @@ PREDICT_BATCH = 2048
 
 def _quiet_overflow() -> np.errstate:
     """Inference on finite inputs so large that the arithmetic overflows gives inf/NaN outputs, as on the
-    GPU and in PyTorch, instead of NumPy's warnings (training reports it through the divergence guard)."""
+    GPU and in PyTorch, with one gpubp warning (see :func:`_warn_overflow`) instead of NumPy's (training
+    reports it through the divergence guard)."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def _warn_overflow(what: str, count: int) -> None:
+    warnings.warn(f"{what}: {count} value(s) are inf or NaN: the inputs are finite, but so large that the "
+                  f"network's arithmetic overflowed; scale the inputs", GpubpWarning, stacklevel=3)
 
 
 class MLP:
@@ -201,11 +208,11 @@ class MLP:
     # --- the step surface: what training, gradcheck and the benchmark drive ---------------------------
     def check_x(self, X: Any, name: str = "X") -> Array:
         """``X`` checked: 2-D, ``sizes[0]`` features, finite (see :func:`gpubp.inputs.check_x`)."""
-        return inputs.check_x(self.backend, X, self.sizes[0], name)
+        return inputs.check_x(self.backend, X, self.sizes[0], self.dtype, name)
 
     def check_y(self, Y: Any, n: int, name: str = "Y") -> tuple[bool, Array]:
         """``(is_labels, Y)`` checked against this network's outputs and loss (see :func:`gpubp.inputs.check_y`)."""
-        return inputs.check_y(self.backend, Y, n, self.sizes[-1], self.loss, name)
+        return inputs.check_y(self.backend, Y, n, self.sizes[-1], self.loss, self.dtype, name)
 
     def workspace(self, batch: int) -> Workspace:
         """The buffers of a batch of ``batch`` samples (allocated once, then reused)."""
@@ -336,8 +343,16 @@ class MLP:
         return out
 
     def predict(self, X: Any, batch_size: int | None = None) -> HostArray:
-        """The network's output for ``X`` as a NumPy array (probabilities for cross_entropy/bce)."""
-        return self.backend.to_host(self.forward(X, batch_size))
+        """The network's output for ``X`` as a NumPy array (probabilities for cross_entropy/bce).
+
+        Inputs so large that the arithmetic overflows give inf/NaN outputs and one :class:`GpubpWarning`
+        (:meth:`forward`, which stays on the device, gives them without the check).
+        """
+        out = self.backend.to_host(self.forward(X, batch_size))
+        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        if bad:
+            _warn_overflow("predict", bad)
+        return out
 
     def evaluate(self, X: Any, Y: Any, batch_size: int | None = None) -> dict[str, float]:
         """``{"loss": …}`` over the whole set, plus ``"accuracy"`` for cross_entropy and bce."""
@@ -366,6 +381,8 @@ class MLP:
             result = {"loss": float(total_loss) / n}
             if self.loss.classification:
                 result["accuracy"] = float(correct) / self.accuracy_denominator(n)
+        if not np.isfinite(result["loss"]):
+            _warn_overflow("evaluate: the loss", 1)
         return result
 
     def fit(self, X: Any, Y: Any, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,

@@ -48,10 +48,71 @@ def test_cupy_without_device_is_a_clear_error(name):
 
 @pytest.mark.skipif(CUPY_USABLE, reason="this machine has a usable CUDA device")
 def test_auto_falls_back_to_numpy_and_says_why(caplog):
-    gpubp.backends._log_fallback.cache_clear()
+    gpubp.backends._fall_back.cache_clear()
     with caplog.at_level("INFO", logger="gpubp"):
         assert gpubp.get_backend("auto").name == "numpy"
     assert gpubp.cupy_status()[1] in caplog.text
+
+
+class _FakeRuntime:
+    def __init__(self, driver=13000, runtime=13000, devices=1, count_error=None):
+        self.driver, self.runtime, self.devices, self.count_error = driver, runtime, devices, count_error
+
+    def driverGetVersion(self):  # noqa: N802 (CuPy's names)
+        return self.driver
+
+    def runtimeGetVersion(self):  # noqa: N802
+        return self.runtime
+
+    def getDeviceCount(self):  # noqa: N802
+        if self.count_error:
+            raise RuntimeError(self.count_error)
+        return self.devices
+
+
+def _fake_cupy(runtime, computes=True):
+    import contextlib
+    import types
+
+    def arange(n, dtype=None):
+        if not computes:
+            raise RuntimeError("cudaErrorUnsupportedPtxVersion: the provided PTX was compiled with an "
+                               "unsupported toolchain")
+        return np.arange(n, dtype=dtype)
+
+    return types.SimpleNamespace(__version__="13.6.0", float32=np.float32, arange=arange,
+                                 cuda=types.SimpleNamespace(runtime=runtime,
+                                                            Device=lambda i: contextlib.nullcontext()))
+
+
+@pytest.mark.parametrize("cupy,warns", [
+    (None, False),  # CuPy not installed
+    (_fake_cupy(_FakeRuntime(driver=0)), False),  # no driver
+    (_fake_cupy(_FakeRuntime(devices=0)), False),  # no device
+    (_fake_cupy(_FakeRuntime(count_error="cudaErrorNoDevice: no CUDA-capable device is detected")), False),
+    (_fake_cupy(_FakeRuntime(driver=12040, runtime=13000)), True),  # driver too old for this CuPy
+    (_fake_cupy(_FakeRuntime(), computes=False), True),  # a CuPy build that does not run on the device
+])
+def test_auto_warns_once_only_when_a_gpu_is_there_but_unusable(monkeypatch, cupy, warns):
+    import warnings
+
+    from gpubp.errors import GpubpWarning
+
+    monkeypatch.setitem(sys.modules, "cupy", cupy)  # None makes "import cupy" fail with ImportError
+    for cached in (gpubp.backends._probe_cupy, gpubp.backends.cupy_status, gpubp.backends._fall_back):
+        cached.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert gpubp.get_backend("auto").name == "numpy"
+            assert gpubp.get_backend("auto").name == "numpy"
+        ours = [w for w in caught if issubclass(w.category, GpubpWarning)]
+        assert len(ours) == (1 if warns else 0), [str(w.message) for w in caught]
+        if warns:
+            assert gpubp.cupy_status()[1] in str(ours[0].message)
+    finally:
+        for cached in (gpubp.backends._probe_cupy, gpubp.backends.cupy_status, gpubp.backends._fall_back):
+            cached.cache_clear()
 
 
 def test_import_does_not_initialise_cuda():

@@ -179,3 +179,40 @@ def test_the_plot_module_is_reachable_without_importing_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_values_the_network_dtype_cannot_hold_are_refused():
+    net = gpubp.MLP([4, 3, 2], backend="numpy", seed=0)
+    X = np.ones((3, 4))
+    X[1, 2] = 3.5e38
+    with pytest.raises(GpubpValueError, match=r"X holds 3.5e\+38 \(first beyond the range at index \(1, 2\)\), "
+                                              r"more than the largest float32"):
+        net.predict(X)
+    with pytest.raises(GpubpValueError, match="Y holds 1e\\+39"):
+        net.loss_and_grads(np.ones((3, 4)), np.full((3, 2), 1e39))
+    gpubp.MLP([4, 3, 2], backend="numpy", dtype="float64", seed=0).predict(X)  # float64 holds it
+
+
+def test_one_sample_as_a_1d_array_says_how_to_pass_it():
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    with pytest.raises(GpubpValueError, match=r"got 1-D shape \(3,\); for a single sample of 3 features pass "
+                                              r"X.reshape\(1, -1\)"):
+        net.predict(np.ones(3))
+    assert net.predict(np.ones(3).reshape(1, -1)).shape == (1, 2)
+
+
+def test_boolean_targets_for_the_classification_losses():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    multi_label = rng.random((20, 4)) > 0.5
+    bce = gpubp.MLP([3, 5, 4], loss="bce", backend="numpy", seed=0)
+    loss_bool, grads_bool = bce.loss_and_grads(X, multi_label)
+    loss_float, grads_float = bce.loss_and_grads(X, multi_label.astype(np.float32))
+    assert loss_bool == loss_float
+    history = bce.fit(X, multi_label, epochs=2, batch_size=8, progress=False)
+    assert len(history) == 2
+    one_hot = np.eye(3, dtype=bool)[rng.integers(0, 3, 20)]
+    ce = gpubp.MLP([3, 5, 3], loss="cross_entropy", backend="numpy", seed=0)
+    assert ce.loss_and_grads(X, one_hot)[0] == ce.loss_and_grads(X, one_hot.astype(np.float64))[0]
+    with pytest.raises(GpubpTypeError, match="must hold real numbers"):  # not for the regression losses
+        gpubp.MLP([3, 5, 4], loss="mse", backend="numpy").loss_and_grads(X, multi_label)

@@ -251,12 +251,21 @@ def test_repr_names_the_architecture():
     assert "sizes=[3, 4, 2]" in text and "'relu'" in text and "cross_entropy" in text and "params=26" in text
 
 
-def test_inference_on_huge_finite_inputs_gives_inf_not_warnings(backend):
+def test_inference_on_huge_finite_inputs_gives_inf_and_one_gpubp_warning(backend):
     """Found by the property tests: finite inputs near the float32 limit overflow the first GEMM.
-    predict and evaluate return the non-finite values (as PyTorch does) without NumPy's RuntimeWarning,
-    which this suite turns into an error."""
-    net = gpubp.MLP([4, 5, 3], activation="tanh", backend=backend, seed=0)
-    X = np.full((1, 4), 2.3690432e38, np.float32)
-    out = net.predict(X)
-    assert out.shape == (1, 3)
-    assert not np.isfinite(net.evaluate(X, np.zeros((1, 3)))["loss"]) or np.isfinite(out).all()
+    predict and evaluate return the non-finite values (as PyTorch does) with one GpubpWarning and no
+    NumPy RuntimeWarning (which this suite turns into an error)."""
+    import warnings
+
+    from gpubp.errors import GpubpWarning
+
+    net = gpubp.MLP([4, 5, 3], activation="identity", backend=backend, seed=0)
+    X = np.full((2, 4), 2.3690432e38, np.float32)
+    with pytest.warns(GpubpWarning, match="predict: 6 value.* inf or NaN") as caught:
+        out = net.predict(X)
+    assert out.shape == (2, 3) and not np.isfinite(out).any() and len(caught) == 1
+    with pytest.warns(GpubpWarning, match="evaluate: the loss"):
+        net.evaluate(X, np.zeros((2, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.predict(np.ones((2, 4), np.float32))  # ordinary inputs: no warning at all

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
+from typing import Any
 
-from ..errors import BackendUnavailableError, GpubpTypeError, GpubpValueError
+from ..errors import BackendUnavailableError, GpubpTypeError, GpubpValueError, GpubpWarning
 from .base import Backend
 from .cupy_backend import CupyBackend
 from .fused import FusedBackend
@@ -37,45 +39,60 @@ def cupy_status() -> tuple[bool, str]:
     new enough for CuPy's CUDA runtime, at least one device, and a small
     computation on device 0 that really runs.
     """
+    usable, reason, _ = _probe_cupy()
+    return usable, reason
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cupy() -> tuple[bool, str, bool]:
+    """(usable, reason, whether a CUDA set-up is there but broken — worth a warning when "auto" falls back).
+
+    Nothing to warn about: CuPy not installed, no NVIDIA driver, no device. Worth a warning: CuPy
+    that fails to import, a driver too old for CuPy's CUDA, a device that fails a computation.
+    """
     try:
         import cupy
     except ImportError as error:
         return False, (
             f"CuPy is not installed ({error}); install gpubp[cuda12] or gpubp[cuda13] to match your driver"
-        )
+        ), False
     except Exception as error:  # a broken CuPy install raises all sorts of things
-        return False, f"CuPy failed to import: {type(error).__name__}: {error}"
+        return False, f"CuPy failed to import: {type(error).__name__}: {error}", True
     runtime = cupy.cuda.runtime
     try:
         driver_version = runtime.driverGetVersion()
         runtime_version = runtime.runtimeGetVersion()
     except Exception as error:
-        return False, f"CUDA driver could not be queried: {error}"
+        return False, f"CUDA driver could not be queried: {error}", True
     if driver_version == 0:
-        return False, "no NVIDIA driver found (libcuda could not be loaded)"
+        return False, "no NVIDIA driver found (libcuda could not be loaded)", False
     if driver_version // 1000 < runtime_version // 1000:
         return False, (
             f"NVIDIA driver too old: it supports CUDA {_cuda_version(driver_version)}, CuPy "
             f"{cupy.__version__} was built for CUDA {_cuda_version(runtime_version)}; "
             f"update the driver or install the CuPy package for CUDA {driver_version // 1000}"
-        )
+        ), True
+    return _probe_devices(cupy, runtime_version, driver_version)
+
+
+def _probe_devices(cupy: Any, runtime_version: int, driver_version: int) -> tuple[bool, str, bool]:
     try:
-        count = runtime.getDeviceCount()
+        count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:
-        return False, f"no usable CUDA device: {error}"
+        return False, f"no usable CUDA device: {error}", "NoDevice" not in str(error)
     if count == 0:
-        return False, "no CUDA device found"
+        return False, "no CUDA device found", False
     try:
         with cupy.cuda.Device(0):
             probe = cupy.arange(8, dtype=cupy.float32)
             if float((probe * 2).sum()) != 56.0:
-                return False, "a test computation on CUDA device 0 returned a wrong result"
+                return False, "a test computation on CUDA device 0 returned a wrong result", True
     except Exception as error:
-        return False, f"a test computation on CUDA device 0 failed: {type(error).__name__}: {error}"
+        return False, f"a test computation on CUDA device 0 failed: {type(error).__name__}: {error}", True
     return True, (
         f"CuPy {cupy.__version__}, CUDA runtime {_cuda_version(runtime_version)}, "
         f"driver CUDA {_cuda_version(driver_version)}, {count} device(s)"
-    )
+    ), False
 
 
 def available_backends() -> list[str]:
@@ -99,14 +116,14 @@ def get_backend(name: str | Backend = "auto") -> Backend:
         raise GpubpValueError(f"unknown backend {name!r}; expected one of {sorted(_NAMES)}")
     if key == "numpy":
         return _numpy_backend()
-    usable, reason = cupy_status()
+    usable, reason, broken = _probe_cupy()
     if key == "cupy":
         if not usable:
             raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")
         return _cupy_backend()
     if usable:
         return _cupy_backend()
-    _log_fallback(reason)
+    _fall_back(reason, broken)
     return _numpy_backend()
 
 
@@ -121,5 +138,11 @@ def _cupy_backend() -> Backend:
 
 
 @functools.lru_cache(maxsize=None)
-def _log_fallback(reason: str) -> None:
-    logger.info("gpubp: backend 'auto' uses NumPy on the CPU: %s", reason)
+def _fall_back(reason: str, broken: bool) -> None:
+    """Say once per process why "auto" runs on the CPU: a warning when a CUDA set-up is there but cannot
+    be used, a log line (``gpubp -v``) when there is simply no CuPy, driver or device."""
+    if broken:
+        warnings.warn(f"gpubp: backend 'auto' uses NumPy on the CPU because the GPU cannot be used: {reason}",
+                      GpubpWarning, stacklevel=4)
+    else:
+        logger.info("gpubp: backend 'auto' uses NumPy on the CPU: %s", reason)
