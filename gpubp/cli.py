@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import os
 import platform
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +19,8 @@ from . import benchmark, data, datasets, inputs, optim
 from ._version import __version__
 from .activations import ACTIVATIONS
 from .backends import _kernels, available_backends, cupy_status, get_backend
-from .errors import GpubpError, GpubpValueError
+from .errors import GpubpError, GpubpValueError, OptionalDependencyError
+from .history import History
 from .mlp import MLP
 from .plot import plot_history
 
@@ -72,6 +76,8 @@ def _parse_widths(text: str) -> list[int]:
         widths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,64, got {text!r}") from None
+    if not widths:
+        raise argparse.ArgumentTypeError(f"expected at least one width, like 64 or 64,64, got {text!r}")
     if any(w < 1 for w in widths):
         raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
     return widths
@@ -106,13 +112,60 @@ def _optimizer(args: argparse.Namespace, lr: float) -> optim.Optimizer:
     return optim.Adam(lr, weight_decay=args.weight_decay or 0.0)
 
 
-def _train(args: argparse.Namespace) -> int:
+def check_output(option: str, path: str | None, suffix: str) -> None:
+    """Refuse, before anything runs, an output file that could not be written at the end of a run."""
+    if not path:
+        return
+    target = Path(path)
+    if target.suffix.lower() != suffix:
+        raise GpubpValueError(f"{option} must name a {suffix} file, got {path!r}")
+    if target.is_dir():
+        raise GpubpValueError(f"{option} {path!r} is a directory, expected a file name")
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise GpubpValueError(f"{option} {path!r}: directory {str(directory)!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise GpubpValueError(f"{option} {path!r}: directory {str(directory)!r} is not writable")
+
+
+def _needs_matplotlib(option: str) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise OptionalDependencyError(f"{option} needs matplotlib, which is not installed: "
+                                      f"pip install \"gpubp[plot]\" (or \".[plot]\" in a source checkout)")
+
+
+def _check_train_options(args: argparse.Namespace) -> None:
+    """Every option of ``gpubp train``, checked before data is loaded or a network built."""
+    for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                          ("--samples", args.samples)):
+        if value < 1:
+            raise GpubpValueError(f"{option} must be >= 1, got {value}")
+    if args.dataset in ("synthetic", "spirals") and args.classes < 2:
+        raise GpubpValueError(f"--classes must be >= 2 (spiral arms, one class each), got {args.classes}")
     if not 0 <= args.validation < 1:
         raise GpubpValueError(f"--validation must be in [0, 1), got {args.validation}")
+    if args.validation and args.dataset != "fashion-mnist":
+        inputs.validation_size(args.samples, args.validation)
     if args.early_stopping and args.validation == 0:
         raise GpubpValueError("--early-stopping watches the validation loss; it needs --validation > 0")
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise GpubpValueError(f"--plot must name a .png file, got {args.plot!r}")
+    if args.resume and not args.checkpoint:
+        raise GpubpValueError("--resume needs --checkpoint PATH, the file to resume from")
+    for option, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
+        if value is not None and not (value >= 0 and value < float("inf")):
+            raise GpubpValueError(f"{option} must be a finite number >= 0, got {value}")
+    for option, path, suffix in (("--save", args.save, ".npz"), ("--history", args.history, ".json"),
+                                 ("--plot", args.plot, ".png"), ("--checkpoint", args.checkpoint, ".npz")):
+        check_output(option, path, suffix)
+    if args.plot:
+        _needs_matplotlib("--plot")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _train(args: argparse.Namespace) -> int:
+    _check_train_options(args)
     task = _load_task(args)
     X, y = task["train"]
     hidden = args.hidden if args.hidden is not None else task["hidden"]
@@ -123,51 +176,71 @@ def _train(args: argparse.Namespace) -> int:
     n_test = 0 if task["test"] is None else len(task["test"][0])
     print(f"gpubp {__version__}: {net}")
     print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: "
-          f"{len(X) - n_val} training, "
-          f"{n_val} validation" + (f", {n_test} test" if n_test else "") + " samples")
+          f"{len(X) - n_val} training, {n_val} validation" + (f", {n_test} test" if n_test else "") + " samples")
     print(f"optimizer: {optimizer}; lr schedule: {args.lr_schedule}; batch size {args.batch_size}; "
-          f"{args.epochs} epochs" + (f", early stopping after {args.early_stopping}" if args.early_stopping else ""))
+          f"{_plural(args.epochs, 'epoch')}"
+          + (f", early stopping after {_plural(args.early_stopping, 'epoch')} without improvement"
+             if args.early_stopping else ""))
     started = time.perf_counter()
-    if args.resume and not args.checkpoint:
-        raise GpubpValueError("--resume needs --checkpoint PATH, the file to resume from")
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                       validation_split=args.validation, progress=not args.no_progress, seed=args.seed,
                       lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None,
                       on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume)
-    wall = time.perf_counter() - started
+    summary = _summary(args, net, history, task, len(X) - n_val, time.perf_counter() - started)
+    _write_outputs(args, net, history, summary, f"{task['name'].split(' from ')[0]}: {net.sizes}, "
+                   f"{args.activation}, {optimizer}")
+    return 0
+
+
+def _summary(args: argparse.Namespace, net: MLP, history: History, task: dict, n_train: int,
+             wall: float) -> dict[str, float]:
+    """Print the epochs (with --no-progress) and the final line; return the summary."""
+    if history.resumed_from is not None:
+        print(f"resumed from epoch {history.resumed_from} of {args.epochs} (checkpoint {args.checkpoint})")
     if args.no_progress:
         for epoch, record in zip(history.epochs, history.records):
-            print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
-    final = {k: v for k, v in history.records[-1].items() if k not in ("time", "val_time")}
-    summary: dict[str, float] = {**final, "epochs": len(history)}
+            earlier = " (before the resume)" if history.resumed_from and epoch <= history.resumed_from else ""
+            print(f"epoch {epoch}{earlier}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+    hidden = ("time", "val_time", "samples_per_s", "lr")
+    summary: dict[str, float] = {k: v for k, v in history.records[-1].items() if k not in hidden}
+    summary["epochs"] = len(history)
     if history.stopped_epoch is not None:
         summary["best_epoch"] = history.best_epoch or 0
     if task["test"] is not None:
         for key, value in net.evaluate(*task["test"]).items():
             summary[f"test_{key}"] = value
-    summary["train_samples_per_s"] = (len(X) - n_val) * len(history) / sum(history["time"])
+    summary["train_samples_per_s"] = n_train * len(history) / sum(history["time"])
     summary["wall_s"] = wall
     print("final: " + ", ".join(f"{key} {value:.4g}" for key, value in summary.items()))
+    print("(metrics of the last epoch; train_samples_per_s: training samples per second over all "
+          "epochs, validation excluded; wall_s: the whole fit)")
+    return summary
+
+
+def _write_outputs(args: argparse.Namespace, net: MLP, history: History, summary: dict[str, float],
+                   title: str) -> None:
     if args.save:
         net.save(args.save)
         print(f"saved to {args.save}")
     if args.history:
         with open(args.history, "w", encoding="utf-8") as handle:
             json.dump({**history.as_dict(), "summary": summary}, handle, indent=1)
+        print(f"history written to {args.history}")
     if args.plot:
-        title = f"{task['name'].split(' from ')[0]}: {net.sizes}, {args.activation}, {optimizer}"
         print(f"learning curves written to {plot_history(history, args.plot, title=title)}")
-    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    names = available_backends() if args.backend == "all" else [args.backend]
-    backends = [get_backend(name) for name in names]
     for flag, value in (("--repeats", args.repeats), ("--max-step-s", args.max_step_s)):
         if value is not None and value <= 0:
             raise GpubpValueError(f"{flag} must be > 0, got {value}")
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise GpubpValueError(f"--plot must name a .png file, got {args.plot!r}")
+    for option, path, suffix in (("--json", args.json, ".json"), ("--markdown", args.markdown, ".md"),
+                                 ("--plot", args.plot, ".png")):
+        check_output(option, path, suffix)
+    if args.plot:
+        _needs_matplotlib("--plot")
+    names = available_backends() if args.backend == "all" else [args.backend]
+    backends = [get_backend(name) for name in names]
     configs = benchmark.sweep(args.quick, args.widths, args.depths, args.batches)
     repeats = args.repeats or (3 if args.quick else 7)
     command = "gpubp bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gpubp bench"

@@ -24,6 +24,8 @@ class History:
         """The epoch with the best ``monitor`` value."""
         self.stopped_epoch: int | None = None
         """The epoch early stopping ended training after, or None when it ran all epochs."""
+        self.resumed_from: int | None = None
+        """The last epoch of the checkpoint this run resumed from (its records are the checkpoint's), or None."""
 
     def append(self, epoch: int, record: dict[str, float]) -> None:
         self.epochs.append(epoch)

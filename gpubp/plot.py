@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import GpubpValueError, OptionalDependencyError
+from .errors import FileWriteError, GpubpValueError, OptionalDependencyError
 from .history import History
 
 
@@ -19,7 +19,8 @@ def pyplot() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise OptionalDependencyError(
-            f"plotting needs matplotlib ({error}); install it with: pip install 'gpubp[plot]'"
+            f"plotting needs matplotlib ({error}); install it with: pip install \"gpubp[plot]\" "
+            f"(or \".[plot]\" in a source checkout)"
         ) from None
     return plt
 
@@ -37,6 +38,8 @@ def plot_history(history: History, path: str | os.PathLike, title: str | None = 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise GpubpValueError(f"path must end in .png, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise FileWriteError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     keys = history.keys()
     panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in keys else [])
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -56,7 +59,6 @@ def plot_history(history: History, path: str | os.PathLike, title: str | None = 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

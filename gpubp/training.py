@@ -17,7 +17,9 @@ reduction of the flat gradient buffer.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from . import _validate as check
 from . import checkpoint as checkpoints
 from . import inputs
 from .backends import Array, Backend
-from .errors import DivergenceError, GpubpTypeError, GpubpValueError
+from .errors import DivergenceError, GpubpTypeError, GpubpValueError, GpubpWarning
 from .guard import Guard, check_mode
 from .history import History
 from .losses import Loss
@@ -191,15 +193,39 @@ class EarlyStopping:
         self.best_value, self.waited = (None if best is None else float(best)), waited
 
 
+class EpochLine:
+    """Progress where stderr is not a terminal (a file, a pipe, a CI log): one plain line per epoch,
+    written when the epoch ends, instead of a bar redrawn in place."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.postfix: dict[str, str] = {}
+
+    def update(self, n: int) -> None:
+        """Batches done: nothing to show until the epoch ends."""
+
+    def set_postfix(self, values: dict[str, str]) -> None:
+        self.postfix = dict(values)
+
+    def close(self) -> None:
+        if self.postfix:  # an epoch that ended by an error has nothing to report
+            text = ", ".join(f"{key} {value}" for key, value in self.postfix.items())
+            print(f"{self.description}: {text}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
-    """A tqdm bar (or None when disabled), closed however the block ends."""
+    """A tqdm bar on a terminal, an :class:`EpochLine` elsewhere, None when disabled; closed however the
+    block ends."""
     if not enabled:
         yield None
         return
-    from tqdm import tqdm
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=description, unit="batch", leave=True, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=description, unit="batch", leave=True, dynamic_ncols=True)
+    else:
+        bar = EpochLine(description)
     try:
         yield bar
     finally:
@@ -255,6 +281,10 @@ class _Run:
             self.validation = self._check_validation(validation_data)
         has_validation = validation_data is not None or bool(config.validation_split)
         monitor = check_monitor(config.monitor, model.loss.classification, has_validation)
+        if config.early_stopping is not None and config.monitor is None and not has_validation:
+            warnings.warn("early_stopping watches the training loss ('loss') because there is no validation "
+                          "data; pass validation_data or validation_split to stop on held-out data, or "
+                          "monitor='loss' to say that the training loss is meant", GpubpWarning, stacklevel=4)
         self.seed = _resolve_seed(config)
         self.rng = np.random.default_rng(self.seed)
         if config.validation_split:
@@ -294,7 +324,11 @@ class _Run:
         self.rng.bit_generator.state = resumed.rng_state
         self.history, self.steps_done = resumed.history, resumed.step
         self.history.monitor = self.early.monitor
+        self.history.resumed_from = resumed.epoch
         self.first_epoch = resumed.epoch + 1
+        if self.config.progress:
+            print(f"resumed from epoch {resumed.epoch} of {self.config.epochs} (checkpoint {str(path)!r})",
+                  file=sys.stderr, flush=True)
         if self.history.stopped_epoch is not None:  # that run had already stopped early: it is finished
             self.first_epoch = self.config.epochs + 1
         if self.best_params is not None and resumed.best_params is not None:

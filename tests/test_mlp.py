@@ -186,9 +186,16 @@ def test_fit_is_reproducible_with_seed(backend):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fit_progress_bar(backend, capsys):
+def test_fit_progress_bar(backend, capsys, monkeypatch):
+    """On a terminal a tqdm bar per epoch; into a file or a pipe one plain line per epoch."""
+    import sys
+
     X, y = gpubp.data.xor(64, seed=0)
     net = gpubp.MLP([2, 4, 2], loss="cross_entropy", backend=backend, seed=0)
+    net.fit(X, y, epochs=2, batch_size=16, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "loss" in lines[1]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     net.fit(X, y, epochs=2, batch_size=16, progress=True)
     err = capsys.readouterr().err
     assert "epoch 1/2" in err and "epoch 2/2" in err and "4/4" in err

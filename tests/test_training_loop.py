@@ -119,7 +119,7 @@ def test_best_weights_are_put_back_only_when_the_best_epoch_is_not_the_last(monk
 
     monkeypatch.setattr(backend, "copy_into", copy_into)
     history = net.fit(X, y, epochs=3, batch_size=50, optimizer=Adam(0.01), progress=False, seed=0,
-                      early_stopping=10)
+                      early_stopping=10, monitor="loss")
     assert history.best_epoch == 3 and not copies  # improving to the end: the last weights are the best
 
 
@@ -160,7 +160,7 @@ def test_resume_without_saved_best_weights_never_restores_garbage(tmp_path, monk
     def run(path, restore_best):  # min_delta=10: only epoch 1 counts as an improvement; stops after epoch 4
         net = _net()
         history = net.fit(X, y, epochs=6, batch_size=50, optimizer=SGD(0.5), progress=False, seed=0,
-                          checkpoint=path, resume=True, early_stopping=3, min_delta=10.0,
+                          checkpoint=path, resume=True, early_stopping=3, monitor="loss", min_delta=10.0,
                           restore_best=restore_best)
         return net, history
 
@@ -176,7 +176,7 @@ def test_a_refused_early_stopping_state_changes_nothing(tmp_path):
     import json
 
     path = tmp_path / "ck.npz"
-    _fit(_net(), Adam(0.01), 2, path, early_stopping=5)
+    _fit(_net(), Adam(0.01), 2, path, early_stopping=5, monitor="loss")
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     metadata = json.loads(str(arrays.pop("metadata")))
@@ -185,7 +185,7 @@ def test_a_refused_early_stopping_state_changes_nothing(tmp_path):
     net, optimizer = _net(seed=4), Adam(0.01)
     before = net.get_weights()
     with pytest.raises(GpubpValueError, match="invalid early-stopping state"):
-        _fit(net, optimizer, 2, path, resume=True, early_stopping=5)
+        _fit(net, optimizer, 2, path, resume=True, early_stopping=5, monitor="loss")
     for a, b in zip(before, net.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert optimizer.steps == 0 and not optimizer.state
@@ -250,9 +250,12 @@ def test_the_progress_bar_is_closed_when_an_epoch_raises(monkeypatch):
         def close(self):
             closed.append(True)
 
+    import sys
+
     import tqdm
 
     monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the tqdm bar
     X, y = _data()
     with pytest.raises(RuntimeError, match="interrupted mid-epoch"):
         _net().fit(X, y, epochs=1, batch_size=50, optimizer=Adam(0.01), progress=True)
@@ -301,7 +304,7 @@ def test_a_resume_that_runs_out_of_memory_changes_nothing(tmp_path, monkeypatch)
 
     monkeypatch.setattr(training._Run, "__init__", set_up)
     X, y = _data()
-    settings = dict(batch_size=50, progress=False, seed=0, early_stopping=5, checkpoint=path)
+    settings = dict(batch_size=50, progress=False, seed=0, early_stopping=5, monitor="loss", checkpoint=path)
     crashed = {"epochs": 4}
     armed = [True]
 
