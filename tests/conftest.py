@@ -49,3 +49,19 @@ def targets_for(loss: str, n: int, outputs: int, rng: np.random.Generator) -> np
     if loss == "bce":
         return rng.uniform(0, 1, (n, outputs))
     return rng.normal(0, 1, (n, outputs))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Skips grouped by reason, one line each (the GPU tests' hundreds of skips in one line);
+    ``-rs`` still lists every skipped test with its reason."""
+    if "s" in (config.option.reportchars or "") or "a" in (config.option.reportchars or ""):
+        return
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        counts[reason] = counts.get(reason, 0) + 1
+    if counts:
+        terminalreporter.section("skipped, by reason (-rs lists each test)", sep="-")
+        for reason, count in sorted(counts.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:5d} {reason}")

@@ -128,3 +128,76 @@ def test_train_checkpoint_and_resume(tmp_path, capsys, monkeypatch):
     assert straight.split("epoch 4: ")[1].split(", time")[0] == out.split("epoch 4: ")[1].split(", time")[0]
     assert main(["train", "--epochs", "1", "--resume"]) == 2
     assert "--resume needs --checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,name,message", [
+    ("--save", "missing/model.npz", r"--save 'DIR/missing/model.npz': directory 'DIR/missing' does not exist"),
+    ("--history", "missing/h.json", "directory 'DIR/missing' does not exist"),
+    ("--plot", "missing/c.png", "directory 'DIR/missing' does not exist"),
+    ("--checkpoint", "missing/ck.npz", "directory 'DIR/missing' does not exist"),
+    ("--save", "model.txt", "--save must name a .npz file"),
+    ("--history", "h.csv", "--history must name a .json file"),
+    ("--plot", "c.pdf", "--plot must name a .png file"),
+    ("--save", ".", "--save must name a .npz file"),
+])
+def test_every_output_path_is_checked_before_training(tmp_path, capsys, option, name, message):
+    code = main(["train", "--epochs", "1", "--samples", "200", "--backend", "numpy", "--no-progress",
+                 option, str(tmp_path / name)])
+    captured = capsys.readouterr()
+    assert code == 2 and re.search(message.replace("DIR", re.escape(str(tmp_path))), captured.err)
+    assert captured.out == "" and not (tmp_path / "missing").exists()  # nothing ran, nothing was created
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--hidden", ""], "expected at least one width"),
+    (["--samples", "5"], r"validation_split=0.1 of 5 samples leaves 0 for validation"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--classes", "1"], "--classes must be >= 2"),
+    (["--lr", "-1"], "--lr must be a finite number >= 0"),
+])
+def test_bad_options_fail_before_anything_is_built(argv, message, capsys):
+    try:
+        code = main(["train", "--backend", "numpy", "--no-progress", *argv])
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert code == 2 and re.search(message, captured.err) and captured.out == ""
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["train", "--epochs", "1", "--samples", "200", "--no-progress", "--plot", str(tmp_path / "c.png")]) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "gpubp[plot]"' in captured.err and captured.out == ""
+
+
+def test_a_resumed_run_says_so_and_marks_the_earlier_epochs(tmp_path, capsys, monkeypatch):
+    checkpoint = tmp_path / "run.ckpt.npz"
+    common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint),
+              "--epochs", "3"]
+    real_lr = gpubp.training.checked_lr
+
+    def interrupted(schedule, epoch, base_lr, epochs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_lr(schedule, epoch, base_lr, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gpubp.training, "checked_lr", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main(common)
+    capsys.readouterr()
+    assert main([*common, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from epoch 2 of 3 (checkpoint {checkpoint})" in out
+    assert "epoch 1 (before the resume): " in out and "epoch 2 (before the resume): " in out
+    assert "\nepoch 3: " in out and "; 3 epochs" in out
+
+
+def test_one_epoch_is_singular(capsys):
+    assert main(["train", "--epochs", "1", "--samples", "200", "--backend", "numpy", "--no-progress"]) == 0
+    assert "; 1 epoch\n" in capsys.readouterr().out

@@ -210,3 +210,14 @@ def test_plot_without_matplotlib_says_what_to_install(spirals, tmp_path, monkeyp
                        match=r'pip install "gpubp\[plot\]" \(or "\.\[plot\]" in a source checkout\)'):
         plot_history(history, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_history_into_a_missing_directory_creates_nothing(spirals, tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (gpubp[plot])")
+    from gpubp.errors import FileWriteError
+    from gpubp.plot import plot_history
+
+    history = _net().fit(*spirals, epochs=1, progress=False)
+    with pytest.raises(FileWriteError, match="directory .*missing' does not exist"):
+        plot_history(history, tmp_path / "missing" / "curves.png")
+    assert not (tmp_path / "missing").exists()

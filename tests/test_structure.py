@@ -120,3 +120,23 @@ def test_no_function_is_longer_than_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert not long, long
+
+
+def test_skips_are_summarised_by_reason(tmp_path):
+    """``pytest -q`` groups skips by reason, one line each; ``-rs`` lists them test by test."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_some_skips.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('k', range(5))\n"
+        "def test_gpu(k):\n    pytest.skip('no usable CUDA device: stand-in')\n"
+        "def test_other():\n    pytest.skip('another reason')\n")
+    conftest = Path(__file__).with_name("conftest.py").read_text(encoding="utf-8")
+    (tmp_path / "conftest.py").write_text(conftest)
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEX", str(tmp_path)]
+    summary = subprocess.run(base, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert "    5 no usable CUDA device: stand-in" in summary and "    1 another reason" in summary
+    assert "SKIPPED [" not in summary
+    listed = subprocess.run([*base, "-rs"], capture_output=True, text=True, cwd=tmp_path).stdout
+    assert "SKIPPED [5]" in listed and "skipped, by reason" not in listed

@@ -333,3 +333,21 @@ def test_a_resume_that_runs_out_of_memory_changes_nothing(tmp_path, monkeypatch)
         break
     else:
         pytest.fail("the resume never succeeded")
+
+
+def test_early_stopping_without_validation_data_warns_unless_the_monitor_is_named():
+    from gpubp.errors import GpubpWarning
+
+    X, y = _data()
+    with pytest.warns(GpubpWarning, match=r"early_stopping watches the training loss \('loss'\)"):
+        _net().fit(X, y, epochs=2, batch_size=50, progress=False, early_stopping=3)
+    _net().fit(X, y, epochs=2, batch_size=50, progress=False, early_stopping=3, monitor="loss")  # no warning
+    _net().fit(X, y, epochs=2, batch_size=50, progress=False, early_stopping=3, validation_split=0.2)
+
+
+def test_a_resume_with_progress_says_from_where(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "ck.npz"
+    _interrupted_at(monkeypatch, 2, lambda: _fit(_net(), Adam(0.01), 3, path))
+    history = _fit(_net(), Adam(0.01), 3, path, resume=True, progress=True)
+    err = capsys.readouterr().err
+    assert f"resumed from epoch 1 of 3 (checkpoint {str(path)!r})" in err and history.resumed_from == 1
