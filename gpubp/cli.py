@@ -314,8 +314,7 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--checkpoint", metavar="PATH", help="write a training checkpoint (network, optimizer, "
                        "progress) after every epoch, atomically")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --checkpoint if it "
-                       "exists (the same options; "
-                       "(--epochs is the total)")
+                       "exists (with the same options; --epochs is the total)")
     train.add_argument("--on-nonfinite", choices=["raise", "skip_step"], default="raise",
                        help="NaN/Inf in a step: stop with the step and layer named, or skip the step; "
                        "default: %(default)s")

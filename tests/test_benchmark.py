@@ -146,3 +146,26 @@ def test_a_config_that_runs_out_of_memory_is_skipped_not_fatal(monkeypatch):
                            with_torch=False, log=lambda line: None)
     assert len(report["rows"]) == 1
     assert report["skipped"][0]["reason"] == "out of memory: out of GPU memory: 1 bytes were asked for"
+
+
+def test_the_plot_names_series_as_the_tables_do_and_labels_the_widths_measured():
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    from gpubp.benchmark import make_figure
+    from gpubp.plot import pyplot
+
+    rows = [_row("numpy", w, b, 1.0 + w / 1000) for w in (64, 256, 1024) for b in (256, 1024)]
+    rows += [make_row("numpy", "d", Config((w,) * 5, 256), "float32", {"step": 2e-3, "gemm": 1e-3})
+             for w in (64, 256, 1024)]
+    report = {"rows": rows, "speedups": [], "date": "2026-11-29"}
+    figure = make_figure(report)
+    try:
+        axis = figure.axes[0]
+        legend = axis.get_legend()
+        labels = [text.get_text() for text in legend.get_texts()]
+        assert "numpy, [w]×3, batch 256" in labels and "numpy, [w]×5, batch 256" in labels
+        assert legend.handlelength >= 4  # long enough to show the dash pattern of each depth
+        assert [tick.get_text() for tick in axis.get_xticklabels()] == ["64", "256", "1024"]
+        styles = {line.get_label(): line.get_linestyle() for line in axis.get_lines()}
+        assert styles["numpy, [w]×3, batch 256"] != styles["numpy, [w]×5, batch 256"]
+    finally:
+        pyplot().close(figure)

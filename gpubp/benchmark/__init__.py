@@ -54,6 +54,7 @@ from .report import (
     format_row,
     header,
     largest_within_budget,
+    make_figure,
     make_row,
     markdown,
     plot,
@@ -67,8 +68,9 @@ from .timing import Clock, available_bytes, gemm_rate, gemm_step, gpubp_step, ma
 
 __all__ = ["OPTIONAL_ROW_FIELDS", "ROW_FIELDS", "SCHEMA_VERSION", "Clock", "Config", "available_bytes",
            "flops_per_step", "format_row", "gemm_rate", "gemm_step", "gpubp_step", "header",
-           "largest_within_budget", "machine_info", "make_row", "markdown", "measure", "plot", "release_memory",
-           "run", "speedups", "summary", "sweep", "torch_step", "validate_report", "workspace_bytes", "write_json"]
+           "largest_within_budget", "machine_info", "make_figure", "make_row", "markdown", "measure", "plot",
+           "release_memory", "run", "speedups", "summary", "sweep", "torch_step", "validate_report",
+           "workspace_bytes", "write_json"]
 
 
 def measure(backend: Any, config: Config, dtype: str, repeats: int, with_torch: bool = True) -> dict[str, Any]:

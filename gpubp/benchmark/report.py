@@ -140,11 +140,31 @@ def markdown(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """PNG: step / GEMM floor against width per backend, and the GPU speedup against width (when measured)."""
     plt = pyplot()
+    figure = make_figure(report)
+    figure.savefig(Path(path), dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def _width_axis(axis: Any, widths: Sequence[int]) -> None:
+    """A log axis labelled at exactly the widths measured."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xticks(list(widths), [str(w) for w in widths])
+    axis.set_xlabel("width w")
+
+
+def make_figure(report: dict[str, Any]) -> Any:
+    """The figure of :func:`plot` (a matplotlib Figure); series named as the tables name networks,
+    ``[w]×3`` for three layers' widths of w (two weight layers)."""
+    plt = pyplot()
     if not report["rows"]:
         raise GpubpValueError("the report has no measured rows to plot")
-    path = Path(path)
     panels = 2 if report["speedups"] else 1
-    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.6), squeeze=False)
     axis = axes[0][0]
     series = _series(report["rows"], "step_over_gemm")
     batches = sorted({key[2] for key in series})
@@ -155,25 +175,25 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     for (backend, depth, batch), points in series.items():
         axis.plot(*zip(*points), marker=markers.get(backend, "o"), markersize=4,
                   color=colours[batches.index(batch)], linestyle=styles[depths.index(depth) % len(styles)],
-                  label=f"{backend}, {depth} layers, batch {batch}")
-    axis.set(xscale="log", xlabel="width", ylabel="step time / GEMM time", title="Overhead over the GEMM floor")
+                  label=f"{backend}, [w]×{depth + 1}, batch {batch}")
+    _width_axis(axis, sorted({row["sizes"][0] for row in report["rows"]}))
+    axis.set(ylabel="step time / GEMM time", title="Overhead over the GEMM floor")
     axis.axhline(1.0, color="grey", linestyle=":")
-    axis.legend(fontsize=6, ncol=2)
+    axis.legend(fontsize=6, ncol=2, handlelength=4)
     if panels == 2:
         axis = axes[0][1]
         pairs: dict[tuple, list] = {}
         for s in report["speedups"]:
             pairs.setdefault((len(s["sizes"]) - 1, s["batch"]), []).append((s["sizes"][0], s["speedup"]))
         for (depth, batch), points in sorted(pairs.items()):
-            axis.plot(*zip(*sorted(points)), marker="o", label=f"{depth} layers, batch {batch}")
-        axis.set(xscale="log", yscale="log", xlabel="width", ylabel="NumPy time / CuPy time",
-                 title="GPU speedup of a training step")
-        axis.legend(fontsize=7)
+            axis.plot(*zip(*sorted(points)), marker="o", linestyle=styles[depths.index(depth) % len(styles)]
+                      if depth in depths else "-", label=f"[w]×{depth + 1}, batch {batch}")
+        _width_axis(axis, sorted({s["sizes"][0] for s in report["speedups"]}))
+        axis.set(yscale="log", ylabel="NumPy time / CuPy time", title="GPU speedup of a training step")
+        axis.legend(fontsize=7, handlelength=4)
     figure.suptitle(f"gpubp bench, {report['date']}", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return figure
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> dict[tuple, list]:
