@@ -393,9 +393,11 @@ class MLP:
             checkpoint: Any = None, resume: bool = False, checkpoint_every: int = 1) -> History:
         """Train by minibatch gradient descent; returns the per-epoch :class:`~gpubp.history.History`.
 
-        The training set is moved to the device once; each epoch draws a
-        permutation (from ``seed``) when ``shuffle`` is true, and every batch is
-        gathered into the preallocated workspace. The default optimizer is
+        ``X`` is ``(n_samples, sizes[0])``; ``Y`` is integer class labels ``(n,)`` for
+        ``cross_entropy``, else one row of targets per sample ``(n, outputs)`` (``(n,)`` for one
+        output; booleans for ``bce``), host (NumPy) or device arrays. The training set is moved
+        to the device once; each epoch draws a permutation (from ``seed``) when ``shuffle`` is
+        true, and every batch is gathered into the preallocated workspace. The default optimizer is
         ``Adam(lr=1e-3)``. The loss and accuracy of an epoch are averages over
         its batches, taken as the weights changed; validation metrics are
         computed at the end of each epoch. Every argument is checked before
