@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -169,3 +170,14 @@ def test_the_plot_names_series_as_the_tables_do_and_labels_the_widths_measured()
         assert styles["numpy, [w]×3, batch 256"] != styles["numpy, [w]×5, batch 256"]
     finally:
         pyplot().close(figure)
+
+
+@pytest.mark.parametrize("option,name,message", [
+    ("--json", "missing/b.json", "directory .*missing' does not exist"),
+    ("--markdown", "b.txt", "--markdown must name a .md file"),
+    ("--plot", "b.svg", "--plot must name a .png file"),
+])
+def test_bench_outputs_are_checked_before_measuring(tmp_path, capsys, option, name, message):
+    assert main(["bench", "--quick", "--no-torch", option, str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, captured.err) and captured.out == ""  # nothing was measured
