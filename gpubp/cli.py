@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import benchmark, data, datasets, inputs, optim
+from . import benchmark, data, datasets, inputs, optim, selftest
 from ._version import __version__
 from .activations import ACTIVATIONS
 from .backends import _kernels, available_backends, cupy_status, get_backend
@@ -261,6 +261,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    check_output("--json", args.json, ".json")
+    backend = get_backend(args.backend)
+    print(f"gpubp {__version__} selftest on backend {backend.name!r} ({backend.device_name()})", flush=True)
+    checks = selftest.run(backend, quick=args.quick)
+    print(selftest.table(checks))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"gpubp": __version__, "backend": backend.name, "device": backend.device_name(),
+                       "date": time.strftime("%Y-%m-%d"), "checks": selftest.as_json(checks)}, handle, indent=1)
+        print(f"JSON written to {args.json}")
+    return 1 if any(check.passed is False for check in checks) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpubp", description="Explicit backpropagation on NumPy or CuPy.")
     parser.add_argument("--version", action="version", version=f"gpubp {__version__}")
@@ -272,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(commands)
     _add_bench(commands)
+    check = commands.add_parser(
+        "selftest", help="prove that a backend computes what the NumPy reference does, on this machine",
+        description="Run every fused operation, 50 training steps and the memory, synchronisation and "
+                    "determinism checks on the backend against gpubp's NumPy reference; print a pass/fail "
+                    "table; exit code 1 if any check fails.")
+    check.add_argument("--backend", default="auto", help="auto, numpy/cpu or cupy/gpu; default: %(default)s")
+    check.add_argument("--quick", action="store_true", help="a smaller timing configuration")
+    check.add_argument("--json", metavar="PATH", help="also write the checks as JSON")
+    check.set_defaults(run=_selftest)
     return parser
 
 
