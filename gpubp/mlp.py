@@ -312,9 +312,12 @@ class MLP:
     def train_step(self, X: Any, Y: Any, optimizer: Optimizer) -> Array:
         """One gradient-descent step on the batch ``(X, Y)``; returns the loss as a 0-d backend array.
 
-        The loss is returned before any host synchronisation, so GPU steps queue
-        without waiting; ``float(loss)`` waits for it. Unlike :meth:`fit`, a
-        single step has no divergence guard: check the returned loss.
+        The step itself does not wait for the GPU and the loss comes back as a device
+        scalar (``float(loss)`` waits for it). The input checks do: with device (CuPy)
+        arrays they read a few scalars back (finiteness, the label range) — a short
+        host synchronisation per call; :meth:`fit` checks the whole set once and then
+        runs its steps without any. Unlike :meth:`fit`, a single step has no divergence
+        guard: check the returned loss.
         """
         optimizer = inputs.check_optimizer(optimizer)
         with self.backend.activate():

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import gpubp
 
 CUPY_USABLE, CUPY_REASON = gpubp.cupy_status()
-requires_gpu = pytest.mark.skipif(not CUPY_USABLE, reason=f"no usable CUDA device: {CUPY_REASON}")
+REQUIRE_GPU = os.environ.get("GPUBP_REQUIRE_GPU") == "1"
+"""GPUBP_REQUIRE_GPU=1 (the GPU acceptance script sets it): a GPU test that cannot run fails instead of
+skipping, so a run without a usable GPU cannot pass for a GPU run."""
+requires_gpu = pytest.mark.skipif(not CUPY_USABLE and not REQUIRE_GPU, reason=f"no usable CUDA device: {CUPY_REASON}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if REQUIRE_GPU and not CUPY_USABLE and item.get_closest_marker("gpu") is not None:
+        pytest.fail(f"GPUBP_REQUIRE_GPU=1 but there is no usable CUDA device: {CUPY_REASON}", pytrace=False)
 
 
 def _backend_params() -> list:

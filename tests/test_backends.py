@@ -157,3 +157,52 @@ def test_numpy_backend_splits_large_elementwise_work_exactly(rng):
                 optimizer.update(backend, p, grads)
             updated.append(p)
         np.testing.assert_array_equal(updated[0], updated[1])
+
+
+def test_cupy_installed_but_unimportable_is_said_and_warned(monkeypatch):
+    import importlib.util
+    import warnings
+
+    from gpubp.errors import GpubpWarning
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else real(name, *a))
+    for cached in (gpubp.backends._probe_cupy, gpubp.backends.cupy_status, gpubp.backends._fall_back):
+        cached.cache_clear()
+    try:
+        usable, reason = gpubp.cupy_status()
+        assert not usable and "CuPy is installed but failed to import" in reason and "toolkit" in reason
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gpubp.get_backend("auto")
+        assert [w for w in caught if issubclass(w.category, GpubpWarning)]
+    finally:
+        for cached in (gpubp.backends._probe_cupy, gpubp.backends.cupy_status, gpubp.backends._fall_back):
+            cached.cache_clear()
+
+
+def test_one_column_bias_gradient_takes_the_kernel(host_kernels, rng):
+    """A one-output last layer: CuPy's GEMV path would allocate a batch-sized temporary every step."""
+    import kernel_host
+
+    backend = kernel_host.HostFusedBackend(host_kernels, max_blocks=8, bias_grad="gemv")
+    delta = rng.normal(size=(1000, 1))
+    out = np.empty(1)
+    host_kernels.launches.clear()
+    backend.bias_grad(delta, np.ones(1000), out)
+    assert [name for name, _, _ in host_kernels.launches][0].startswith("gpubp::column_partials")
+    np.testing.assert_allclose(out, delta.sum(axis=0), rtol=1e-12)
+    host_kernels.launches.clear()
+    backend.bias_grad(rng.normal(size=(1000, 3)), np.ones(1000), np.empty(3))  # more columns: the GEMV
+    assert not host_kernels.launches
+
+
+def test_numpy_overflow_inside_gpubp_still_fails_a_test():
+    """The warning filter is scoped to gpubp's code (so CuPy's PerformanceWarning is not an error)."""
+    from gpubp.backends.base import sgd_math
+
+    params = np.full(4, 3e38, np.float32)
+    with pytest.raises(RuntimeWarning, match="overflow"):
+        sgd_math(np, params, params.copy(), None, np.empty(4, np.float32), lr=-10.0, momentum=0.0,
+                 nesterov=False, weight_decay=0.0)

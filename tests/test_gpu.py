@@ -249,3 +249,48 @@ def test_out_of_memory_on_the_gpu_names_sizes_and_a_batch():
     batch = int(total // (4 * 4096 * 4)) + 1  # a workspace larger than the device
     with pytest.raises(DeviceMemoryError, match=r"try batch_size=\d+ or smaller"):
         net.workspace(batch)
+
+
+def test_a_large_step_is_queued_far_faster_than_the_gpu_runs_it():
+    """Stronger than allow_synchronize (which sees only ndarray.get and Device.synchronize): if a step
+    waited for the GPU anywhere, queueing ten large steps would take as long as running them."""
+    import time
+
+    import cupy
+
+    net = gpubp.MLP([4096, 4096, 4096, 10], activation="relu", loss="cross_entropy", backend="cupy", seed=0)
+    rng = np.random.default_rng(0)
+    ws = net.load_batch(cupy.asarray(rng.normal(size=(8192, 4096)).astype(np.float32)),
+                        cupy.asarray(rng.integers(0, 10, 8192)))
+    step = Step(net, SGD(1e-3), Guard(net.backend, net.grads, "raise", None))
+    step(ws)
+    cupy.cuda.get_current_stream().synchronize()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    queued = time.perf_counter()
+    for _ in range(10):
+        step(ws)
+    host_seconds = time.perf_counter() - queued
+    end.record()
+    end.synchronize()
+    gpu_seconds = cupy.cuda.get_elapsed_time(start, end) / 1e3
+    assert host_seconds < 0.5 * gpu_seconds, (host_seconds, gpu_seconds)
+
+
+def test_memory_pool_is_flat_with_a_one_output_network():
+    """BP3 over one column takes gpubp's kernel: no batch-sized temporary per step."""
+    import cupy
+
+    net = gpubp.MLP([64, 128, 1], activation="relu", loss="bce", backend="cupy", seed=0)
+    rng = np.random.default_rng(0)
+    ws = net.load_batch(rng.normal(size=(4096, 64)), rng.integers(0, 2, (4096, 1)).astype(np.float32))
+    step = Step(net, SGD(1e-3), Guard(net.backend, net.grads, "raise", None))
+    for _ in range(3):
+        step(ws)
+    pool = cupy.get_default_memory_pool()
+    cupy.cuda.get_current_stream().synchronize()
+    before = pool.used_bytes()
+    for _ in range(5):
+        step(ws)
+    cupy.cuda.get_current_stream().synchronize()
+    assert pool.used_bytes() - before <= 4096

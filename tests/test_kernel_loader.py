@@ -79,3 +79,31 @@ def test_compile_failure_carries_the_nvrtc_log(monkeypatch):
         modules.get("optim.cu", "gpubp::sgd_step<float>", 0)
     assert isinstance(info.value, GpubpError) and isinstance(info.value, RuntimeError)
     assert not modules._modules  # a failed module is not cached; the next call retries
+
+
+@pytest.mark.parametrize("failure,text", [
+    (RuntimeError("cannot open source file \"cuda_fp16.h\""), "RuntimeError: cannot open source file"),
+    (ImportError("libnvrtc.so.13: cannot open shared object file"), "ImportError: libnvrtc.so.13"),
+])
+def test_loading_failures_other_than_compile_errors_carry_context(monkeypatch, failure, text):
+    class CompileException(Exception):
+        pass
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            pass
+
+        def get_function(self, name):
+            raise failure
+
+    cupy = types.ModuleType("cupy")
+    cupy.RawModule = RawModule
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                                      Device=lambda device: contextlib.nullcontext(),
+                                      compiler=types.SimpleNamespace(CompileException=CompileException))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    modules = _kernels.CudaModules()
+    message = f"kernels/loss.cu could not be compiled or loaded on device 0: {text}"
+    with pytest.raises(KernelCompileError, match=message):
+        modules.get("loss.cu", "gpubp::one_hot<float>", 0)
+    assert not modules._modules

@@ -44,8 +44,8 @@ def test_cupy_allocation_failure_says_sizes():
         backend.empty((1024, 4096), np.float32)
     message = str(info.value)
     assert "out of GPU memory on Stand-in GPU: 16.0 MiB were asked for, 3.0 MiB are free of 80.0 GiB" in message
-    assert "CuPy's pool holds 1.0 MiB more" in message
-    assert info.value.requested == 16 * 2**20 and info.value.free == 4 * 2**20 and info.value.total == 80 * 2**30
+    assert "pool" not in message  # CuPy frees its pool's cached blocks before it gives up: nothing to add
+    assert info.value.requested == 16 * 2**20 and info.value.free == 3 * 2**20 and info.value.total == 80 * 2**30
     assert isinstance(info.value, MemoryError) and isinstance(info.value, GpubpError)
     with pytest.raises(DeviceMemoryError, match="8.0 KiB were asked for"):
         backend.zeros(1024, np.float64)

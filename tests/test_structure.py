@@ -140,3 +140,17 @@ def test_skips_are_summarised_by_reason(tmp_path):
     assert "SKIPPED [" not in summary
     listed = subprocess.run([*base, "-rs"], capture_output=True, text=True, cwd=tmp_path).stdout
     assert "SKIPPED [5]" in listed and "skipped, by reason" not in listed
+
+
+def test_gpu_tests_fail_instead_of_skipping_when_a_gpu_is_required():
+    import os
+    import subprocess
+    import sys
+
+    if gpubp.cupy_status()[0]:
+        pytest.skip("this machine has a usable GPU: the GPU tests run")
+    tests = Path(__file__).parent
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                             str(tests / "test_gpu.py"), "-k", "never_synchronises"], capture_output=True, text=True,
+                            cwd=tests.parent, env={**os.environ, "GPUBP_REQUIRE_GPU": "1"})
+    assert result.returncode == 1 and "GPUBP_REQUIRE_GPU=1 but there is no usable CUDA device" in result.stdout

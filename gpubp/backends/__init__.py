@@ -8,6 +8,7 @@ imports CuPy or touches CUDA until a backend is asked for.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import warnings
 from typing import Any
@@ -53,9 +54,14 @@ def _probe_cupy() -> tuple[bool, str, bool]:
     try:
         import cupy
     except ImportError as error:
+        if importlib.util.find_spec("cupy") is None:
+            return False, (
+                f"CuPy is not installed ({error}); install gpubp[cuda12] or gpubp[cuda13] to match your driver"
+            ), False
         return False, (
-            f"CuPy is not installed ({error}); install gpubp[cuda12] or gpubp[cuda13] to match your driver"
-        ), False
+            f"CuPy is installed but failed to import ({error}); the CUDA toolkit libraries it loads (cudart, "
+            f"NVRTC, cuBLAS) may be missing: install gpubp[cuda12] or gpubp[cuda13], which bring them"
+        ), True
     except Exception as error:  # a broken CuPy install raises all sorts of things
         return False, f"CuPy failed to import: {type(error).__name__}: {error}", True
     runtime = cupy.cuda.runtime

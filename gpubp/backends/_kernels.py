@@ -147,6 +147,14 @@ class CudaModules:
                         f"kernels/{filename} failed to compile for device {device} "
                         f"(NVRTC options {' '.join(COMPILE_OPTIONS)}):\n{error}"
                     ) from error
+                except Exception as error:  # NVRTC or CUDA headers missing, the module refused by the driver
+                    self._modules.pop((device, filename), None)
+                    raise KernelCompileError(
+                        f"kernels/{filename} could not be compiled or loaded on device {device}: "
+                        f"{type(error).__name__}: {error}. NVRTC and the CUDA headers come with the CUDA "
+                        f"toolkit (gpubp[cuda12]/gpubp[cuda13] install it from PyPI); a driver error here "
+                        f"means the driver cannot run code built for this device"
+                    ) from error
                 self._functions[key] = function
         return function
 

@@ -108,12 +108,10 @@ class CupyBackend(FusedBackend):
 
     def out_of_memory(self, requested: int) -> DeviceMemoryError:
         """The error for a failed allocation of ``requested`` bytes, with the device's memory state."""
-        free, total = self.memory_info()
-        cached = int(self.xp.get_default_memory_pool().free_bytes())
+        free, total = self.memory_info()  # CuPy has already freed its pool's cached blocks and retried
         return DeviceMemoryError(
             f"out of GPU memory on {self.device_name()}: {format_bytes(requested)} were asked for, "
-            f"{format_bytes(free)} are free of {format_bytes(total)} (CuPy's pool holds {format_bytes(cached)} "
-            f"more that it could not use)", requested=requested, free=free + cached, total=total)
+            f"{format_bytes(free)} are free of {format_bytes(total)}", requested=requested, free=free, total=total)
 
     def empty(self, shape: Any, dtype: Any) -> Any:
         return self._allocate(_nbytes(shape, dtype), self.xp.empty, shape, dtype=dtype)

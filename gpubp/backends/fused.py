@@ -121,7 +121,9 @@ class FusedBackend(Backend):
             self.ops.act_backward(activation.name, delta, z, a)
 
     def bias_grad(self, delta: Array, ones: Array, out: Array) -> None:
-        if self.bias_grad_method == "gemv":
+        # One column (a one-output last layer) always takes the kernel: cuBLAS's GEMV path in CuPy
+        # turns a single dot product into an elementwise product and a sum with a batch-sized temporary.
+        if self.bias_grad_method == "gemv" and delta.shape[1] > 1:
             return super().bias_grad(delta, ones, out)
         rows, cols = delta.shape
         chunks, _ = self.ops.column_sum_plan(rows, cols)
