@@ -171,7 +171,7 @@ def _train(args: argparse.Namespace) -> int:
     X, y = task["train"]
     hidden = args.hidden if args.hidden is not None else task["hidden"]
     net = MLP([X.shape[1], *hidden, task["outputs"]], activation=args.activation, loss=task["loss"],
-              backend=args.backend, dtype=args.dtype, seed=args.seed)
+              backend=args.backend, dtype=args.dtype, seed=args.seed, matmul_precision=args.matmul_precision)
     optimizer = _optimizer(args, args.lr if args.lr is not None else task["lr"])
     n_val = inputs.validation_size(len(X), args.validation) if args.validation else 0
     n_test = 0 if task["test"] is None else len(task["test"][0])
@@ -247,7 +247,8 @@ def _bench(args: argparse.Namespace) -> int:
     command = "gpubp bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gpubp bench"
     report = benchmark.run(backends, configs, dtype=args.dtype, repeats=repeats,
                            max_step_s=args.max_step_s or 2.0, with_torch=not args.no_torch,
-                           command=command.strip(), quick=args.quick, log=lambda line: print(line, flush=True))
+                           command=command.strip(), quick=args.quick, log=lambda line: print(line, flush=True),
+                           precision=args.matmul_precision)
     print(benchmark.summary(report))
     if args.json:
         benchmark.write_json(report, args.json)
@@ -333,6 +334,9 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
     train.add_argument("--backend", default="auto", help="auto, numpy/cpu or cupy/gpu; default: %(default)s")
     train.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: %(default)s")
+    train.add_argument("--matmul-precision", choices=["highest", "tf32"], default="highest",
+                       help="tf32: float32 GEMMs on TF32 tensor cores (GPU only; faster, ~1e-3 relative error "
+                       "per product); default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     train.add_argument("--checkpoint", metavar="PATH", help="write a training checkpoint (network, optimizer, "
                        "progress) after every epoch, atomically")
@@ -356,6 +360,9 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--quick", action="store_true", help="a small sweep (12 configurations; about 10 s on "
                        "2 CPU cores with PyTorch, 7 s without)")
     bench.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: %(default)s")
+    bench.add_argument("--matmul-precision", choices=["highest", "tf32"], default="highest",
+                       help="float32 GEMMs exact or on TF32 tensor cores (GPU), for gpubp, the GEMM floor and "
+                       "PyTorch alike; default: %(default)s")
     bench.add_argument("--widths", type=_parse_widths, default=None, help="override the sweep's widths (64,256,…)")
     bench.add_argument("--depths", type=_parse_widths, default=None, help="override the sweep's layer counts")
     bench.add_argument("--batches", type=_parse_widths, default=None, help="override the sweep's batch sizes")

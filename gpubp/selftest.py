@@ -87,6 +87,7 @@ def run(backend: Backend, quick: bool = False) -> list[Check]:
             _timed("no host synchronisation in a step", lambda: _no_sync(backend)),
             _timed("memory flat across steps", lambda: _memory_flat(backend)),
             _timed("bias gradient deterministic", lambda: _deterministic(backend)),
+            _timed("TF32 matmuls take effect", lambda: _tf32(backend)),
             _timed("timing", lambda: _timing(backend, quick)),
         ]
 
@@ -272,6 +273,27 @@ def _deterministic(backend: Backend) -> tuple[bool | None, str]:
     same = all(np.array_equal(results[0], r) for r in results[1:])
     how = getattr(backend, "bias_grad_method", "gemv")
     return same, f"3 runs of BP3 over 65537 × 64 ({how}) {'bit-identical' if same else 'DIFFER'}"
+
+
+def _tf32(backend: Backend) -> tuple[bool | None, str]:
+    """On a GPU, ``precision="tf32"`` must change float32 GEMM results a little (inputs rounded to a 10-bit
+    mantissa) and not a lot; and leave the exact GEMM exact afterwards."""
+    if not backend.is_gpu:
+        return None, "TF32 is a GPU feature; on the CPU matmul_precision='tf32' changes nothing"
+    rng = np.random.default_rng(0)
+    a, b = (backend.asarray(rng.standard_normal((512, 512)), np.float32) for _ in range(2))
+    exact, tf32, again = (backend.empty((512, 512), np.float32) for _ in range(3))
+    backend.matmul(a, b, out=exact)
+    backend.matmul(a, b, out=tf32, precision="tf32")
+    backend.matmul(a, b, out=again)
+    reference = backend.to_host(a).astype(np.float64) @ backend.to_host(b).astype(np.float64)
+    scale = float(np.abs(reference).max())
+    exact_error = float(np.abs(backend.to_host(exact) - reference).max()) / scale
+    tf32_error = float(np.abs(backend.to_host(tf32) - reference).max()) / scale
+    restored = bool(np.array_equal(backend.to_host(again), backend.to_host(exact)))
+    passed = tf32_error > 4 * exact_error and tf32_error < 1e-2 and restored
+    return passed, (f"largest error / largest value: exact {exact_error:.2g}, tf32 {tf32_error:.2g} (expected "
+                    f"~1e-3); exact mode restored after: {restored}")
 
 
 def _timing(backend: Backend, quick: bool) -> tuple[bool | None, str]:

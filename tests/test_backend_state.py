@@ -191,3 +191,36 @@ def test_two_networks_trained_in_two_threads_match_one_after_the_other(kind, hos
         for one, other in zip(sequential, concurrent):
             for a, b in zip(one, other):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_tf32_sets_the_cublas_math_mode_around_this_networks_gemms_only(device_one):
+    backend, fake, _ = device_one
+    modes: list[int] = []
+    state = {"mode": 0}
+    fake.cuda.cublas = type("cublas", (), {
+        "CUBLAS_TF32_TENSOR_OP_MATH": 3,
+        "getMathMode": staticmethod(lambda handle: state["mode"]),
+        "setMathMode": staticmethod(lambda handle, mode: state.update(mode=mode)),
+    })
+    fake.cuda.device = type("device", (), {"get_cublas_handle": staticmethod(lambda: 42)})
+    real_matmul = np.matmul
+
+    def matmul(a, b, **kwargs):
+        if a.ndim == 2:  # the GEMMs (BP3's GEMV against the ones vector is not a float32 GEMM to speed up)
+            modes.append(state["mode"])
+        return real_matmul(a, b, **kwargs)
+
+    fake.matmul = matmul
+    X, y = gpubp.data.spirals(64, n_classes=3, seed=0)
+    tf32 = gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0,
+                     matmul_precision="tf32")
+    tf32.train_step(X, y, SGD(0.1))
+    assert modes and set(modes) == {3} and state["mode"] == 0  # TF32 during each GEMM, restored after
+    modes.clear()
+    gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0).train_step(X, y, SGD(0.1))
+    assert set(modes) == {0}  # another network in the same process: exact
+    modes.clear()
+    double = gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0, dtype="float64",
+                       matmul_precision="tf32")
+    double.train_step(X, y, SGD(0.1))
+    assert set(modes) == {0}  # TF32 is for float32 only

@@ -65,7 +65,7 @@ def test_largest_network_within_budget():
 
 def test_run_on_tiny_configs_produces_a_valid_report(capsys, monkeypatch):
     backend = gpubp.get_backend("numpy")
-    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock: 1e10)
+    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock, precision="highest": 1e10)
     configs = sweep(widths=[8, 16], depths=[2], batches=[4, 32]) + [Config((8192,) * 3, 65536)]
     report = benchmark.run([backend], configs, repeats=2, with_torch=False, log=lambda line: None)
     validate_report(report)
@@ -78,7 +78,7 @@ def test_run_on_tiny_configs_produces_a_valid_report(capsys, monkeypatch):
 
 def test_memory_limit_skips(monkeypatch):
     monkeypatch.setattr(benchmark, "available_bytes", lambda backend: 1000)
-    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock: 1e10)
+    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock, precision="highest": 1e10)
     report = benchmark.run([gpubp.get_backend("numpy")], sweep(widths=[8], depths=[2], batches=[4]), repeats=1,
                            with_torch=False, log=lambda line: None)
     assert report["rows"] == [] and "GiB available" in report["skipped"][0]["reason"]
@@ -136,13 +136,13 @@ def test_cli_bench_without_a_gpu_says_why(capsys):
 def test_a_config_that_runs_out_of_memory_is_skipped_not_fatal(monkeypatch):
     from gpubp.errors import DeviceMemoryError
 
-    def measure(backend, config, dtype, repeats, with_torch):
+    def measure(backend, config, dtype, repeats, with_torch, precision="highest"):
         if config.batch == 32:
             raise DeviceMemoryError("out of GPU memory: 1 bytes were asked for\nsecond line")
         return make_row(backend.name, "d", config, dtype, {"step": 1e-3, "gemm": 5e-4})
 
     monkeypatch.setattr(benchmark, "measure", measure)
-    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock: 1e10)
+    monkeypatch.setattr(benchmark, "gemm_rate", lambda backend, dtype, clock, precision="highest": 1e10)
     report = benchmark.run([gpubp.get_backend("numpy")], sweep(widths=[8], depths=[2], batches=[4, 32]), repeats=1,
                            with_torch=False, log=lambda line: None)
     assert len(report["rows"]) == 1

@@ -216,3 +216,15 @@ def test_boolean_targets_for_the_classification_losses():
     assert ce.loss_and_grads(X, one_hot)[0] == ce.loss_and_grads(X, one_hot.astype(np.float64))[0]
     with pytest.raises(GpubpTypeError, match="must hold real numbers"):  # not for the regression losses
         gpubp.MLP([3, 5, 4], loss="mse", backend="numpy").loss_and_grads(X, multi_label)
+
+
+def test_matmul_precision_choices(caplog):
+    X, y = gpubp.data.spirals(64, n_classes=3, seed=0)
+    exact = gpubp.MLP([2, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    with caplog.at_level("INFO", logger="gpubp"):
+        tf32 = gpubp.MLP([2, 8, 3], loss="cross_entropy", backend="numpy", seed=0, matmul_precision="TF32")
+    assert "has no effect on backend 'numpy'" in caplog.text and "matmul_precision='tf32'" in repr(tf32)
+    assert exact.loss_and_grads(X, y)[0] == tf32.loss_and_grads(X, y)[0]  # the CPU computes exactly either way
+    with pytest.raises(GpubpValueError,
+                       match=r"unknown matmul_precision 'half'; expected one of \['highest', 'tf32'\]"):
+        gpubp.MLP([2, 8, 3], matmul_precision="half")

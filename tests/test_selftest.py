@@ -18,7 +18,7 @@ def _by_name(checks):
 
 def test_every_check_passes_or_does_not_apply_on_numpy():
     checks = _by_name(selftest.run(gpubp.get_backend("numpy"), quick=True))
-    assert len(checks) == 8 and not [c for c in checks.values() if c.passed is False]
+    assert len(checks) == 9 and not [c for c in checks.values() if c.passed is False]
     assert checks["kernels compile and load"].passed is None
     assert checks["no host synchronisation in a step"].passed is None
     assert "54 operations" in checks["fused operations = reference"].detail
@@ -55,7 +55,7 @@ def test_the_command_writes_json_and_its_exit_code_says_pass_or_fail(tmp_path, c
     path = tmp_path / "selftest.json"
     assert main(["selftest", "--backend", "numpy", "--quick", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert report["backend"] == "numpy" and len(report["checks"]) == 8
+    assert report["backend"] == "numpy" and len(report["checks"]) == 9
     assert "all checks passed" in capsys.readouterr().out
     monkeypatch.setattr(selftest, "run", lambda backend, quick: [selftest.Check("made up", False, "broken")])
     assert main(["selftest", "--backend", "numpy"]) == 1

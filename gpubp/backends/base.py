@@ -117,8 +117,9 @@ class Backend:
         out[row_index, labels] = 1
 
     # --- the layer's linear map ---------------------------------------------------------------
-    def matmul(self, a: Array, b: Array, out: Array) -> None:
-        """``out = a @ b`` (one GEMM; ``a`` or ``b`` may be transposed views)."""
+    def matmul(self, a: Array, b: Array, out: Array, precision: str = "highest") -> None:
+        """``out = a @ b`` (one GEMM; ``a`` or ``b`` may be transposed views). ``precision`` is the GPU's
+        business (:class:`~gpubp.backends.cupy_backend.CupyBackend`); the reference computes exactly."""
         self.xp.matmul(a, b, out=out)
 
     def add_bias(self, z: Array, b: Array) -> None:

@@ -82,6 +82,30 @@ class CupyBackend(FusedBackend):
             ops = FusedOps(_MODULES, max_blocks=sm_count * BLOCKS_PER_SM, device=self.device.id)
             super().__init__(cupy, ops, bias_grad)
 
+    def matmul(self, a: Array, b: Array, out: Array, precision: str = "highest") -> None:
+        """One cuBLAS GEMM. ``precision="tf32"`` on float32 switches this thread's cuBLAS handle to TF32
+        tensor-core math for this call only (10-bit mantissa in the products, float32 accumulation) and
+        puts the previous mode back, so no other code in the process is affected."""
+        if precision != "tf32" or out.dtype != np.float32:
+            self.xp.matmul(a, b, out=out)
+            return
+        cublas = self._cublas()
+        handle = self.xp.cuda.device.get_cublas_handle()
+        previous = cublas.getMathMode(handle)
+        cublas.setMathMode(handle, getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3))
+        try:
+            self.xp.matmul(a, b, out=out)
+        finally:
+            cublas.setMathMode(handle, previous)
+
+    def _cublas(self) -> Any:
+        """CuPy's cuBLAS bindings (``cupy_backends.cuda.libs.cublas``, also ``cupy.cuda.cublas``)."""
+        try:
+            from cupy_backends.cuda.libs import cublas
+        except ImportError:
+            cublas = self.xp.cuda.cublas
+        return cublas
+
     def activate(self) -> ContextManager[Any]:
         """``with backend.activate():`` runs the block with this backend's device current."""
         return self.scope

@@ -91,8 +91,9 @@ class BackendSpec(Protocol):
         """``out[n, k] = [labels[n] == k]``, overwriting ``out``."""
 
     # --- a layer's forward pass: Z = A·W + b, A = σ(Z)
-    def matmul(self, a: Array, b: Array, out: Array) -> None:
-        """``out = a @ b``, one GEMM (``a`` or ``b`` may be transposed views), overwriting ``out``."""
+    def matmul(self, a: Array, b: Array, out: Array, precision: str = "highest") -> None:
+        """``out = a @ b``, one GEMM (``a`` or ``b`` may be transposed views), overwriting ``out``.
+        ``precision="tf32"`` lets a GPU use TF32 tensor cores for float32 (elsewhere it changes nothing)."""
 
     def add_bias(self, z: Array, b: Array) -> None:
         """``z += b`` over the rows."""

@@ -64,22 +64,35 @@ from .report import (
     write_json,
 )
 from .sweep import Config, flops_per_step, sweep, workspace_bytes
-from .timing import Clock, available_bytes, gemm_rate, gemm_step, gpubp_step, machine_info, release_memory, torch_step
+from .timing import (
+    Clock,
+    available_bytes,
+    gemm_rate,
+    gemm_step,
+    gpubp_step,
+    machine_info,
+    release_memory,
+    torch_precision,
+    torch_step,
+)
 
 __all__ = ["OPTIONAL_ROW_FIELDS", "ROW_FIELDS", "SCHEMA_VERSION", "Clock", "Config", "available_bytes",
            "flops_per_step", "format_row", "gemm_rate", "gemm_step", "gpubp_step", "header",
            "largest_within_budget", "machine_info", "make_figure", "make_row", "markdown", "measure", "plot",
-           "release_memory", "run", "speedups", "summary", "sweep", "torch_step", "validate_report",
+           "release_memory", "run", "speedups", "summary", "sweep", "torch_precision", "torch_step", "validate_report",
            "workspace_bytes", "write_json"]
 
 
-def measure(backend: Any, config: Config, dtype: str, repeats: int, with_torch: bool = True) -> dict[str, Any]:
-    """One row of the report: the step, its GEMM floor and (where available) PyTorch, side by side."""
+def measure(backend: Any, config: Config, dtype: str, repeats: int, with_torch: bool = True,
+            precision: str = "highest") -> dict[str, Any]:
+    """One row of the report: the step, its GEMM floor and (where available) PyTorch, side by side, all
+    three with float32 GEMMs in ``precision``."""
     clock = Clock(backend.is_gpu)
     rng = np.random.default_rng(0)
-    with backend.activate():  # the clock's events and synchronisation on the backend's device
-        functions: dict[str, Callable[[], Any]] = {"step": gpubp_step(backend, config, dtype, rng),
-                                                   "gemm": gemm_step(backend, config, dtype, rng)}
+    # the clock's events and synchronisation on the backend's device; PyTorch's TF32 setting as gpubp's
+    with backend.activate(), torch_precision(precision):
+        functions: dict[str, Callable[[], Any]] = {"step": gpubp_step(backend, config, dtype, rng, precision),
+                                                   "gemm": gemm_step(backend, config, dtype, rng, precision)}
         if with_torch:
             torch_function = torch_step(config, dtype, backend.is_gpu, rng)
             if torch_function is not None:
@@ -90,13 +103,14 @@ def measure(backend: Any, config: Config, dtype: str, repeats: int, with_torch: 
 
 def run(backends: Sequence[Any], configs: Sequence[Config], dtype: str = "float32", repeats: int = 5,
         max_step_s: float = 2.0, with_torch: bool = True, budget: tuple[int, float] = (60000, 10.0),
-        log: Callable[[str], None] = print, command: str = "gpubp bench", quick: bool = False) -> dict[str, Any]:
+        log: Callable[[str], None] = print, command: str = "gpubp bench", quick: bool = False,
+        precision: str = "highest") -> dict[str, Any]:
     """Measure every configuration on every backend; returns the report (see the module docstring)."""
     itemsize = np.dtype(dtype).itemsize
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for backend in backends:
-        rate = gemm_rate(backend, dtype, Clock(backend.is_gpu))
+        rate = gemm_rate(backend, dtype, Clock(backend.is_gpu), precision)
         memory = available_bytes(backend)
         log(f"# {backend.name} on {backend.device_name()}: GEMM rate {rate / 1e12:.3g} TFLOP/s ({dtype}), "
             f"memory for the sweep {memory / 2**30:.1f} GiB")
@@ -114,7 +128,7 @@ def run(backends: Sequence[Any], configs: Sequence[Config], dtype: str = "float3
                                 "reason": reason})
                 continue
             try:
-                row = measure(backend, config, dtype, repeats, with_torch)
+                row = measure(backend, config, dtype, repeats, with_torch, precision)
             except MemoryError as error:  # DeviceMemoryError, or torch's / NumPy's own
                 skipped.append({"backend": backend.name, "sizes": list(config.sizes), "batch": config.batch,
                                 "reason": f"out of memory: {str(error).splitlines()[0][:200]}"})
@@ -126,7 +140,7 @@ def run(backends: Sequence[Any], configs: Sequence[Config], dtype: str = "float3
     report = {"schema_version": SCHEMA_VERSION, "date": datetime.date.today().isoformat(), "command": command,
               "gpubp": __version__, "machine": machine_info(backends),
               "settings": {"quick": quick, "dtype": dtype, "repeats": repeats, "max_step_s": max_step_s,
-                           "budget_samples": budget[0], "budget_s": budget[1]},
+                           "budget_samples": budget[0], "budget_s": budget[1], "matmul_precision": precision},
               "rows": rows, "skipped": skipped, "speedups": speedups(rows),
               "largest_within_budget": largest_within_budget(rows, *budget)}
     validate_report(report)

@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -66,11 +67,12 @@ class Clock:
         return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Generator) -> Callable[[], Any]:
+def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Generator,
+               precision: str = "highest") -> Callable[[], Any]:
     """The step ``fit`` runs per batch — :class:`gpubp.training.Step` and the guard's window check, as in
     the training loop — with the batch loaded into its workspace once."""
     net = MLP(list(config.sizes), activation="relu", output_activation="identity", loss="mse", backend=backend,
-              dtype=dtype, seed=0)
+              dtype=dtype, seed=0, matmul_precision=precision)
     X = rng.standard_normal((config.batch, config.sizes[0])).astype(dtype)
     Y = rng.standard_normal((config.batch, config.sizes[-1])).astype(dtype)
     ws = net.load_batch(X, Y)
@@ -88,8 +90,9 @@ def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Gene
     return run
 
 
-def gemm_step(backend: Any, config: Config, dtype: str, rng: np.random.Generator) -> Callable[[], None]:
-    """The step's matrix products alone, on the same backend, into preallocated outputs."""
+def gemm_step(backend: Any, config: Config, dtype: str, rng: np.random.Generator,
+              precision: str = "highest") -> Callable[[], None]:
+    """The step's matrix products alone, on the same backend and precision, into preallocated outputs."""
     sizes, batch = config.sizes, config.batch
     weights = [backend.asarray(rng.standard_normal((i, o)), dtype) for i, o in zip(sizes[:-1], sizes[1:])]
     acts = [backend.asarray(rng.standard_normal((batch, w)), dtype) for w in sizes]
@@ -98,11 +101,11 @@ def gemm_step(backend: Any, config: Config, dtype: str, rng: np.random.Generator
 
     def step() -> None:
         for layer, w in enumerate(weights):
-            backend.matmul(acts[layer], w, out=acts[layer + 1])
+            backend.matmul(acts[layer], w, out=acts[layer + 1], precision=precision)
         for layer in range(len(weights), 0, -1):
-            backend.matmul(acts[layer - 1].T, deltas[layer], out=grads[layer - 1])
+            backend.matmul(acts[layer - 1].T, deltas[layer], out=grads[layer - 1], precision=precision)
             if layer > 1:
-                backend.matmul(deltas[layer], weights[layer - 1].T, out=deltas[layer - 1])
+                backend.matmul(deltas[layer], weights[layer - 1].T, out=deltas[layer - 1], precision=precision)
 
     return step
 
@@ -194,13 +197,30 @@ def release_memory(backend: Any) -> None:
         pass
 
 
-def gemm_rate(backend: Any, dtype: str, clock: Clock) -> float:
+@contextlib.contextmanager
+def torch_precision(precision: str) -> Iterator[None]:
+    """PyTorch's CUDA float32 matmuls in the same precision as gpubp's (``allow_tf32``), restored after."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def gemm_rate(backend: Any, dtype: str, clock: Clock, precision: str = "highest") -> float:
     """Measured FLOP/s of one square GEMM (1024³ on the CPU, 4096³ on a GPU) on the backend."""
     n = 4096 if backend.is_gpu else 1024
     rng = np.random.default_rng(0)
     a, b = backend.asarray(rng.standard_normal((n, n)), dtype), backend.asarray(rng.standard_normal((n, n)), dtype)
     out = backend.empty((n, n), dtype)
-    seconds = clock.medians({"gemm": lambda: backend.matmul(a, b, out=out)}, repeats=3, target_s=0.1)["gemm"]
+    seconds = clock.medians({"gemm": lambda: backend.matmul(a, b, out=out, precision=precision)}, repeats=3,
+                            target_s=0.1)["gemm"]
     return 2 * n**3 / seconds
 
 
