@@ -37,7 +37,7 @@ from gpubp.activations import ACTIVATIONS  # noqa: E402
 from gpubp.backends.base import Backend  # noqa: E402
 from gpubp.losses import LOSSES  # noqa: E402
 
-COLS = 1024  # width of the (rows × cols) activations; 10 for the softmax rows
+COLS = 1024  # width of the (rows × cols) activations; 10 and 1000 for the softmax rows
 
 
 def median_ms(function: Callable[[], Any], repeats: int) -> float:
@@ -104,9 +104,9 @@ def cases(cp: Any, fused: Any, ref: Backend, n: int, dtype: Any) -> list[tuple[s
     act_backward("sigmoid")
     act_backward("gelu")
 
-    for loss_name in ("mse", "cross_entropy"):
+    # cross entropy at 10 and 1000 classes: its kernels run one thread per row, so wide rows are the test
+    for loss_name, width in (("mse", COLS), ("cross_entropy", 10), ("cross_entropy", 1000)):
         loss = LOSSES[loss_name]
-        width = 10 if loss_name == "cross_entropy" else COLS
         r = n // width
 
         def setup(loss=loss, width=width, r=r) -> dict:
@@ -128,7 +128,7 @@ def cases(cp: Any, fused: Any, ref: Backend, n: int, dtype: Any) -> list[tuple[s
             return go
 
         moved = (4 if loss.output else 4) * r * width * itemsize
-        out.append((f"loss+BP1 {loss_name}", moved, setup, run(fused), run(ref), lambda s: s["delta"]))
+        out.append((f"loss+BP1 {loss_name} ({width} wide)", moved, setup, run(fused), run(ref), lambda s: s["delta"]))
 
     def sgd_setup() -> dict:
         return {"p": rand(n), "g": rand(n), "v": rand(n), "steps": cp.zeros(1, np.int64)}

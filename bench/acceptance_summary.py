@@ -1,0 +1,111 @@
+"""The one-page summary of ``bench/gpu_acceptance.sh``: every step's status and time, and the figures.
+
+    python bench/acceptance_summary.py OUTDIR SECONDS DRY_RUN > OUTDIR/summary.md
+
+Reads what the steps left in OUTDIR (status.tsv, selftest.json, gpu_tests.xml, kernels.json,
+bench.json, bench_tf32.json, fashion_mnist.json, info.txt); whatever is missing is said to be missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpubp import benchmark  # noqa: E402
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def steps(out: Path) -> list[str]:
+    lines = ["| step | status | seconds | log |", "| --- | --- | ---: | --- |"]
+    for row in (out / "status.tsv").read_text(encoding="utf-8").splitlines():
+        name, status, seconds, log = row.split("\t")
+        lines.append(f"| {name} | {status} | {seconds} | {log} |")
+    return lines
+
+
+def gpu_tests(out: Path) -> list[str]:
+    """Counts from the JUnit XML: tests that ran, not only those that passed."""
+    try:
+        root = ElementTree.parse(out / "gpu_tests.xml").getroot()
+    except (OSError, ElementTree.ParseError):
+        return ["GPU tests: no JUnit XML (the step did not get that far)."]
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return ["GPU tests: the JUnit XML has no test suite."]
+    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    ran = counts["tests"] - counts["skipped"]
+    passed = ran - counts["failures"] - counts["errors"]
+    return [f"GPU tests: {counts['tests']} collected, {ran} ran, {passed} passed, {counts['failures']} failed, "
+            f"{counts['errors']} errors, {counts['skipped']} skipped."]
+
+
+def selftest(out: Path) -> list[str]:
+    report = _json(out / "selftest.json")
+    if report is None:
+        return ["selftest: no JSON."]
+    marks = {True: "pass", False: "FAIL", None: "n/a"}
+    return [f"selftest on {report['device']}:", ""] + [
+        f"- {c['name']}: {marks[c['passed']]} — {c['detail']}" for c in report["checks"]]
+
+
+def bench(out: Path, name: str, title: str) -> list[str]:
+    report = _json(out / name)
+    if report is None:
+        return [f"{title}: no JSON."]
+    return [f"{title}:", "```", benchmark.summary(report).strip(), "```"]
+
+
+def kernels(out: Path) -> list[str]:
+    report = _json(out / "kernels.json")
+    if report is None:
+        return ["kernel benchmark: no JSON."]
+    rows = report["rows"]
+    worst = min(rows, key=lambda r: r["percent_of_copy"]) if rows else None
+    unwritten = [r["operation"] for r in rows if not r["all_written"]]
+    lines = [f"kernel benchmark on {report['device']}: {len(rows)} rows, copy ceiling "
+             f"{report['copy_ceiling_gb_s']:.0f} GB/s"]
+    if worst is not None:
+        largest_error = max(r["max_rel_err"] for r in rows)
+        lines.append(f"lowest bandwidth: {worst['operation']} at {worst['mb_per_array']:.0f} MB, "
+                     f"{worst['percent_of_copy']:.0f} % of a copy; largest error {largest_error:.1e}")
+    if unwritten:
+        lines.append(f"UNWRITTEN OUTPUTS: {', '.join(unwritten)}")
+    return lines
+
+
+def fashion(out: Path) -> list[str]:
+    history = _json(out / "fashion_mnist.json")
+    if history is None:
+        return ["Fashion-MNIST: not run or no history."]
+    summary = history["summary"]
+    return [f"Fashion-MNIST recipe: test accuracy {summary.get('test_accuracy', float('nan')):.4f}, "
+            f"{summary['epochs']} epochs, {summary['train_samples_per_s']:.0f} training samples/s, "
+            f"wall {summary['wall_s']:.1f} s."]
+
+
+def main(argv: list[str]) -> int:
+    out, seconds, dry = Path(argv[1]), int(argv[2]), argv[3] == "1"
+    info = (out / "info.txt").read_text(encoding="utf-8") if (out / "info.txt").exists() else ""
+    lines = [f"# gpubp GPU acceptance{' (DRY RUN on the CPU: nothing here is a GPU figure)' if dry else ''}", "",
+             f"Total {seconds} s. Machine, as `gpubp info` saw it:", "", "```", info.strip(), "```", ""]
+    for part in (steps(out), selftest(out), gpu_tests(out), kernels(out),
+                 bench(out, "bench.json", "gpubp bench, CPU and GPU"),
+                 bench(out, "bench_tf32.json", "gpubp bench, TF32"), fashion(out)):
+        lines += [*part, ""]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
