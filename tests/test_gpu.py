@@ -294,3 +294,13 @@ def test_memory_pool_is_flat_with_a_one_output_network():
         step(ws)
     cupy.cuda.get_current_stream().synchronize()
     assert pool.used_bytes() - before <= 4096
+
+
+def test_selftest_passes_on_the_gpu():
+    """Every check of gpubp selftest on the CuPy backend, TF32 taking effect included."""
+    from gpubp import selftest
+
+    checks = selftest.run(gpubp.get_backend("cupy"), quick=True)
+    assert not [c for c in checks if c.passed is False], selftest.table(checks)
+    assert {c.name for c in checks if c.passed is None} <= {"no host synchronisation in a step"}, \
+        selftest.table(checks)  # everything else applies on a GPU

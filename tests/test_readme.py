@@ -18,10 +18,13 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
 
-NOT_RUN = ("python -m pip install", "python -m pytest", "sudo apt-get install", "PYTHONPATH=. python bench/")
-"""Shell commands the README shows that a test does not run: installs, and the test suite itself."""
+NOT_RUN = ("python -m pip install", "python -m pytest", "sudo apt-get install", "PYTHONPATH=. python bench/",
+           "bash bench/gpu_acceptance.sh")
+"""Shell commands the README shows that a test does not run: installs, the test suite itself, and the GPU
+acceptance script (tests/test_acceptance.py runs it)."""
 
 SMALL = {
+    "selftest": ["--quick"],
     "train": ["--epochs", "1", "--samples", "300", "--no-progress", "--backend", "numpy"],
     "bench": ["--widths", "64", "--depths", "2", "--batches", "256", "--repeats", "1", "--no-torch",
               "--backend", "numpy"],
@@ -78,7 +81,7 @@ def test_the_shell_examples_run(small_world, capsys):
         argv = words[1:] + SMALL.get(words[1], [])
         assert main(argv) == 0, f"{command!r} failed: {capsys.readouterr().err}"
         ran.append(words[1])
-    assert ran.count("train") >= 2 and ran.count("bench") >= 2
+    assert ran.count("train") >= 2 and ran.count("bench") >= 2 and "selftest" in ran and "info" in ran
     assert (small_world / "curves.png").is_file() and (small_world / "bench.json").is_file()
 
 
