@@ -12,7 +12,7 @@ import json
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -99,10 +99,17 @@ def main(argv: list[str]) -> int:
     info = (out / "info.txt").read_text(encoding="utf-8") if (out / "info.txt").exists() else ""
     lines = [f"# gpubp GPU acceptance{' (DRY RUN on the CPU: nothing here is a GPU figure)' if dry else ''}", "",
              f"Total {seconds} s. Machine, as `gpubp info` saw it:", "", "```", info.strip(), "```", ""]
-    for part in (steps(out), selftest(out), gpu_tests(out), kernels(out),
-                 bench(out, "bench.json", "gpubp bench, CPU and GPU"),
-                 bench(out, "bench_tf32.json", "gpubp bench, TF32"), fashion(out)):
-        lines += [*part, ""]
+    parts: list[tuple[str, Callable[[], list[str]]]] = [
+        ("steps", lambda: steps(out)), ("selftest", lambda: selftest(out)), ("GPU tests", lambda: gpu_tests(out)),
+        ("kernel benchmark", lambda: kernels(out)),
+        ("gpubp bench", lambda: bench(out, "bench.json", "gpubp bench, CPU and GPU")),
+        ("gpubp bench, TF32", lambda: bench(out, "bench_tf32.json", "gpubp bench, TF32")),
+        ("Fashion-MNIST", lambda: fashion(out))]
+    for name, part in parts:
+        try:  # one unexpected file must not cost the rest of the page
+            lines += [*part(), ""]
+        except Exception as error:
+            lines += [f"{name}: could not be summarised: {type(error).__name__}: {error}", ""]
     print("\n".join(lines))
     return 0
 

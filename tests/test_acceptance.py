@@ -66,3 +66,14 @@ def test_the_summary_counts_gpu_tests_that_ran(tmp_path):
     assert "GPU tests: 10 collected, 6 ran, 5 passed, 1 failed, 0 errors, 4 skipped." in result.stdout
     assert re.search(r"\| GPU tests \| ok \| 3 \|", result.stdout) and "DRY RUN" not in result.stdout
     assert "kernel benchmark: no JSON." in result.stdout
+
+
+def test_one_unreadable_report_does_not_cost_the_rest_of_the_summary(tmp_path):
+    (tmp_path / "status.tsv").write_text("gpubp bench (CPU and GPU)\tok\t9\tbench.txt\n")
+    (tmp_path / "bench.json").write_text('{"rows": []}')  # no speedups, no settings: not a report
+    (tmp_path / "fashion_mnist.json").write_text(
+        '{"summary": {"test_accuracy": 0.9, "epochs": 30, "train_samples_per_s": 1e6, "wall_s": 12.0}}')
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "acceptance_summary.py"), str(tmp_path), "9", "0"],
+                            capture_output=True, text=True, check=True)
+    assert "gpubp bench: could not be summarised: KeyError" in result.stdout
+    assert "Fashion-MNIST recipe: test accuracy 0.9000, 30 epochs" in result.stdout

@@ -203,11 +203,17 @@ def test_tf32_sets_the_cublas_math_mode_around_this_networks_gemms_only(device_o
         "setMathMode": staticmethod(lambda handle, mode: state.update(mode=mode)),
     })
     fake.cuda.device = type("device", (), {"get_cublas_handle": staticmethod(lambda: 42)})
+    compute = {np.float32: 0}  # CuPy's float32 GEMM compute type (0: default, 7: TF32)
+    fake._core = type("core", (), {"_routines_linalg": type("linalg", (), {
+        "COMPUTE_TYPE_TF32": 7,
+        "get_compute_type": staticmethod(lambda dtype: compute[dtype]),
+        "set_compute_type": staticmethod(lambda dtype, value: compute.update({dtype: value})),
+    })})
     real_matmul = np.matmul
 
     def matmul(a, b, **kwargs):
         if a.ndim == 2:  # the GEMMs (BP3's GEMV against the ones vector is not a float32 GEMM to speed up)
-            modes.append(state["mode"])
+            modes.append((state["mode"], compute[np.float32]))
         return real_matmul(a, b, **kwargs)
 
     fake.matmul = matmul
@@ -215,12 +221,13 @@ def test_tf32_sets_the_cublas_math_mode_around_this_networks_gemms_only(device_o
     tf32 = gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0,
                      matmul_precision="tf32")
     tf32.train_step(X, y, SGD(0.1))
-    assert modes and set(modes) == {3} and state["mode"] == 0  # TF32 during each GEMM, restored after
+    assert modes and set(modes) == {(3, 7)}  # TF32 math mode and compute type during each GEMM
+    assert state["mode"] == 0 and compute[np.float32] == 0  # both restored after
     modes.clear()
     gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0).train_step(X, y, SGD(0.1))
-    assert set(modes) == {0}  # another network in the same process: exact
+    assert set(modes) == {(0, 0)}  # another network in the same process: exact
     modes.clear()
     double = gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0, dtype="float64",
                        matmul_precision="tf32")
     double.train_step(X, y, SGD(0.1))
-    assert set(modes) == {0}  # TF32 is for float32 only
+    assert set(modes) == {(0, 0)}  # TF32 is for float32 only

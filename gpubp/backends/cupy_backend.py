@@ -83,28 +83,29 @@ class CupyBackend(FusedBackend):
             super().__init__(cupy, ops, bias_grad)
 
     def matmul(self, a: Array, b: Array, out: Array, precision: str = "highest") -> None:
-        """One cuBLAS GEMM. ``precision="tf32"`` on float32 switches this thread's cuBLAS handle to TF32
-        tensor-core math for this call only (10-bit mantissa in the products, float32 accumulation) and
-        puts the previous mode back, so no other code in the process is affected."""
+        """One cuBLAS GEMM. ``precision="tf32"`` on float32 allows TF32 tensor-core math for this call only
+        (10-bit mantissa in the products, float32 accumulation) and puts the previous setting back.
+
+        CuPy's float32 GEMM passes cuBLAS an explicit compute type, which the handle's math mode does
+        not override; so both are switched: the thread's cuBLAS handle math mode and CuPy's float32
+        GEMM compute type. The latter is process-wide: while gpubp queues a TF32 GEMM (microseconds,
+        under a lock), another thread's CuPy float32 matmul could also be queued in TF32.
+        """
         if precision != "tf32" or out.dtype != np.float32:
             self.xp.matmul(a, b, out=out)
             return
-        cublas = self._cublas()
+        cublas, linalg = _tf32_switches(self.xp)
         handle = self.xp.cuda.device.get_cublas_handle()
-        previous = cublas.getMathMode(handle)
-        cublas.setMathMode(handle, getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3))
-        try:
-            self.xp.matmul(a, b, out=out)
-        finally:
-            cublas.setMathMode(handle, previous)
-
-    def _cublas(self) -> Any:
-        """CuPy's cuBLAS bindings (``cupy_backends.cuda.libs.cublas``, also ``cupy.cuda.cublas``)."""
-        try:
-            from cupy_backends.cuda.libs import cublas
-        except ImportError:
-            cublas = self.xp.cuda.cublas
-        return cublas
+        with _TF32_LOCK:
+            previous_mode = cublas.getMathMode(handle)
+            previous_type = linalg.get_compute_type(np.float32)
+            cublas.setMathMode(handle, getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3))
+            linalg.set_compute_type(np.float32, getattr(linalg, "COMPUTE_TYPE_TF32", 7))
+            try:
+                self.xp.matmul(a, b, out=out)
+            finally:
+                linalg.set_compute_type(np.float32, previous_type)
+                cublas.setMathMode(handle, previous_mode)
 
     def activate(self) -> ContextManager[Any]:
         """``with backend.activate():`` runs the block with this backend's device current."""
@@ -158,6 +159,22 @@ class CupyBackend(FusedBackend):
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
+
+
+_TF32_LOCK = threading.Lock()
+
+
+def _tf32_switches(cupy: Any) -> tuple[Any, Any]:
+    """CuPy's cuBLAS bindings and its GEMM compute-type setting (``cupy._core._routines_linalg``)."""
+    try:
+        from cupy_backends.cuda.libs import cublas
+    except ImportError:
+        cublas = cupy.cuda.cublas
+    try:
+        from cupy._core import _routines_linalg as linalg
+    except ImportError:
+        linalg = cupy._core._routines_linalg
+    return cublas, linalg
 
 
 def _on_device(method: Callable[..., Any]) -> Callable[..., Any]:

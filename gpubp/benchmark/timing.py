@@ -73,9 +73,8 @@ def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Gene
     the training loop — with the batch loaded into its workspace once."""
     net = MLP(list(config.sizes), activation="relu", output_activation="identity", loss="mse", backend=backend,
               dtype=dtype, seed=0, matmul_precision=precision)
-    X = rng.standard_normal((config.batch, config.sizes[0])).astype(dtype)
-    Y = rng.standard_normal((config.batch, config.sizes[-1])).astype(dtype)
-    ws = net.load_batch(X, Y)
+    ws = net.load_batch(random_array(backend, (config.batch, config.sizes[0]), dtype, rng),
+                        random_array(backend, (config.batch, config.sizes[-1]), dtype, rng))
     guard = Guard(backend, net.grads, "raise", None)
     step = Step(net, SGD(1e-3), guard)
     count = 0
@@ -90,13 +89,20 @@ def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Gene
     return run
 
 
+def random_array(backend: Any, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> Any:
+    """Standard normal values drawn where the backend computes, in ``dtype`` (a GPU sweep's largest
+    operands are gigabytes: drawing them on the host in float64 would take longer than timing them)."""
+    seed = int(rng.integers(2**31))
+    return backend.xp.random.default_rng(seed).standard_normal(shape, dtype=np.dtype(dtype))
+
+
 def gemm_step(backend: Any, config: Config, dtype: str, rng: np.random.Generator,
               precision: str = "highest") -> Callable[[], None]:
     """The step's matrix products alone, on the same backend and precision, into preallocated outputs."""
     sizes, batch = config.sizes, config.batch
-    weights = [backend.asarray(rng.standard_normal((i, o)), dtype) for i, o in zip(sizes[:-1], sizes[1:])]
-    acts = [backend.asarray(rng.standard_normal((batch, w)), dtype) for w in sizes]
-    deltas = [backend.asarray(rng.standard_normal((batch, w)), dtype) for w in sizes]
+    weights = [random_array(backend, (i, o), dtype, rng) for i, o in zip(sizes[:-1], sizes[1:])]
+    acts = [random_array(backend, (batch, w), dtype, rng) for w in sizes]
+    deltas = [random_array(backend, (batch, w), dtype, rng) for w in sizes]
     grads = [backend.empty(w.shape, dtype) for w in weights]
 
     def step() -> None:
@@ -137,8 +143,9 @@ def torch_step(config: Config, dtype: str, gpu: bool, rng: np.random.Generator,
     model = torch.nn.Sequential(*layers).to(device=device, dtype=torch_dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.MSELoss()
-    X = torch.as_tensor(rng.standard_normal((config.batch, config.sizes[0])), dtype=torch_dtype, device=device)
-    Y = torch.as_tensor(rng.standard_normal((config.batch, config.sizes[-1])), dtype=torch_dtype, device=device)
+    generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+    X = torch.randn((config.batch, config.sizes[0]), generator=generator, dtype=torch_dtype, device=device)
+    Y = torch.randn((config.batch, config.sizes[-1]), generator=generator, dtype=torch_dtype, device=device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
