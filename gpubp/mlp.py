@@ -94,8 +94,9 @@ class MLP:
     matmul_precision:
         ``"highest"`` (exact float32 GEMMs) or ``"tf32"``: on a GPU with tensor cores,
         this network's float32 GEMMs use TF32 (inputs rounded to a 10-bit mantissa,
-        float32 accumulation; faster, about 1e-3 relative error per product). Only
-        this network's GEMMs; on the CPU it changes nothing (logged once).
+        float32 accumulation; faster, about 1e-3 relative error per product), switched
+        on around this network's GEMMs only (see :meth:`CupyBackend.matmul`); on the CPU it
+        changes nothing (logged once).
     """
 
     def __init__(self, sizes: Sequence[int], activation: str | Sequence[str] = "sigmoid",
