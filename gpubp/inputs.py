@@ -8,6 +8,9 @@ one train/validation split of ``fit(validation_split=…)`` and ``gpubp train``.
 
 from __future__ import annotations
 
+import functools
+import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +19,7 @@ import numpy as np
 from . import _validate as check
 from .activations import Activation, get_activation
 from .backends import Array, Backend
-from .errors import DeviceMemoryError, GpubpTypeError, GpubpValueError, format_bytes
+from .errors import DeviceMemoryError, GpubpTypeError, GpubpValueError, GpubpWarning, format_bytes
 from .losses import Loss
 from .optim import Optimizer
 
@@ -86,6 +89,32 @@ def check_outputs(loss: Loss, outputs: int) -> None:
             f"nothing would be learnt); for a yes/no target use loss='bce' with 1 output, or 2 outputs "
             f"with integer labels 0 and 1"
         )
+
+
+def check_matmul_precision(precision: Any, backend: Backend) -> str:
+    """``"highest"`` or ``"tf32"``; TF32 on a CPU backend is accepted and changes nothing (logged once)."""
+    precision = check.choice("matmul_precision", precision, ["highest", "tf32"])
+    if precision == "tf32" and not backend.is_gpu:
+        _tf32_on_cpu(backend.name)
+    return precision
+
+
+@functools.lru_cache(maxsize=None)
+def _tf32_on_cpu(backend: str) -> None:
+    logging.getLogger("gpubp").info("gpubp: matmul_precision='tf32' has no effect on backend %r: its GEMMs "
+                                    "are exact float32", backend)
+
+
+def quiet_overflow() -> np.errstate:
+    """Inference on finite inputs so large that the arithmetic overflows gives inf/NaN outputs, as on the
+    GPU and in PyTorch, with one gpubp warning (:func:`warn_overflow`) instead of NumPy's (training
+    reports it through the divergence guard)."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def warn_overflow(what: str, count: int) -> None:
+    warnings.warn(f"{what}: {count} value(s) are inf or NaN: the inputs are finite, but so large that the "
+                  f"network's arithmetic overflowed; scale the inputs", GpubpWarning, stacklevel=3)
 
 
 def check_optimizer(optimizer: Any) -> Optimizer:

@@ -20,9 +20,6 @@ surface below (:meth:`MLP.load_batch`, :meth:`MLP.compute_gradients`, …).
 
 from __future__ import annotations
 
-import functools
-import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +29,7 @@ from . import _validate as check
 from . import inputs, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
-from .errors import GpubpTypeError, GpubpValueError, GpubpWarning
+from .errors import GpubpTypeError, GpubpValueError
 from .history import History
 from .init import SCHEMES, init_weights
 from .losses import Loss, get_loss
@@ -41,25 +38,6 @@ from .workspace import Workspace, WorkspaceCache
 
 PREDICT_BATCH = 2048
 """Rows per forward pass of :meth:`MLP.forward`, :meth:`MLP.predict` and :meth:`MLP.evaluate` by default."""
-
-
-
-@functools.lru_cache(maxsize=None)
-def _tf32_on_cpu(backend: str) -> None:
-    logging.getLogger("gpubp").info("gpubp: matmul_precision='tf32' has no effect on backend %r: its GEMMs "
-                                    "are exact float32", backend)
-
-
-def _quiet_overflow() -> np.errstate:
-    """Inference on finite inputs so large that the arithmetic overflows gives inf/NaN outputs, as on the
-    GPU and in PyTorch, with one gpubp warning (see :func:`_warn_overflow`) instead of NumPy's (training
-    reports it through the divergence guard)."""
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
-
-
-def _warn_overflow(what: str, count: int) -> None:
-    warnings.warn(f"{what}: {count} value(s) are inf or NaN: the inputs are finite, but so large that the "
-                  f"network's arithmetic overflowed; scale the inputs", GpubpWarning, stacklevel=3)
 
 
 class MLP:
@@ -111,11 +89,9 @@ class MLP:
                                                                                            output_activation)]
         self.dtype = inputs.check_dtype(dtype)
         self.init = check.choice("init", init, ["auto", *SCHEMES])
-        self.matmul_precision = check.choice("matmul_precision", matmul_precision, ["highest", "tf32"])
         check.seed("seed", seed)
         self.backend: Backend = get_backend(backend)
-        if self.matmul_precision == "tf32" and not self.backend.is_gpu:
-            _tf32_on_cpu(self.backend.name)
+        self.matmul_precision = inputs.check_matmul_precision(matmul_precision, self.backend)
         with self.backend.activate():
             self._build_parameters(seed)
         keep_z = [act is None or act.needs_z for act in self._activations]
@@ -354,7 +330,7 @@ class MLP:
     def forward(self, X: Any, batch_size: int | None = None) -> Array:
         """The network's output for ``X`` as a backend array (probabilities for cross_entropy/bce)."""
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
-        with self.backend.activate(), _quiet_overflow():
+        with self.backend.activate(), inputs.quiet_overflow():
             X = self.check_x(X)
             n = X.shape[0]
             out = self.backend.empty((n, self.sizes[-1]), self.dtype)
@@ -374,7 +350,7 @@ class MLP:
         out = self.backend.to_host(self.forward(X, batch_size))
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         if bad:
-            _warn_overflow("predict", bad)
+            inputs.warn_overflow("predict", bad)
         return out
 
     def evaluate(self, X: Any, Y: Any, batch_size: int | None = None) -> dict[str, float]:
@@ -391,7 +367,7 @@ class MLP:
         n = X.shape[0]
         total_loss: Any = 0.0
         correct: Any = 0
-        with self.backend.activate(), _quiet_overflow():
+        with self.backend.activate(), inputs.quiet_overflow():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 ws = self.workspace(stop - start)
@@ -405,7 +381,7 @@ class MLP:
             if self.loss.classification:
                 result["accuracy"] = float(correct) / self.accuracy_denominator(n)
         if not np.isfinite(result["loss"]):
-            _warn_overflow("evaluate: the loss", 1)
+            inputs.warn_overflow("evaluate: the loss", 1)
         return result
 
     def fit(self, X: Any, Y: Any, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
