@@ -127,6 +127,8 @@ def check_output(option: str, path: str | None, suffix: str) -> None:
         raise GpubpValueError(f"{option} {path!r}: directory {str(directory)!r} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise GpubpValueError(f"{option} {path!r}: directory {str(directory)!r} is not writable")
+    if (target.exists() or target.is_symlink()) and not os.access(target, os.W_OK):
+        raise GpubpValueError(f"{option} {path!r} is not writable (a read-only file or a broken link)")
 
 
 def _needs_matplotlib(option: str) -> None:
@@ -137,10 +139,16 @@ def _needs_matplotlib(option: str) -> None:
 
 def _check_train_options(args: argparse.Namespace) -> None:
     """Every option of ``gpubp train``, checked before data is loaded or a network built."""
-    for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                          ("--samples", args.samples)):
+    for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise GpubpValueError(f"{option} must be >= 1, got {value}")
+    if args.dataset != "fashion-mnist" and args.samples < 1:
+        raise GpubpValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.early_stopping < 0:
+        raise GpubpValueError(f"--early-stopping must be >= 0 (0: off), got {args.early_stopping}")
+    if not 0 <= args.momentum < 1:
+        raise GpubpValueError(f"--momentum must be in [0, 1), got {args.momentum}")
+    get_backend(args.backend)  # an unknown or unusable backend, before anything is loaded
     if args.dataset in ("synthetic", "spirals") and args.classes < 2:
         raise GpubpValueError(f"--classes must be >= 2 (spiral arms, one class each), got {args.classes}")
     if not 0 <= args.validation < 1:
@@ -196,7 +204,7 @@ def _train(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace, net: MLP, history: History, task: dict, n_train: int,
              wall: float) -> dict[str, float]:
     """Print the epochs (with --no-progress) and the final line; return the summary."""
-    if history.resumed_from is not None:
+    if history.resumed_from is not None and args.no_progress:  # with progress, fit has said it already
         print(f"resumed from epoch {history.resumed_from} of {args.epochs} (checkpoint {args.checkpoint})")
     if args.no_progress:
         for epoch, record in zip(history.epochs, history.records):

@@ -155,7 +155,7 @@ def check_representable(name: str, array: Any, dtype: np.dtype, xp: Any = np) ->
     become inf when cast)."""
     if array.dtype.kind != "f" or array.dtype.itemsize <= dtype.itemsize or array.size == 0:
         return
-    largest = float(xp.abs(array).max())
+    largest = max(float(array.max()), -float(array.min()))  # without a full-size copy of abs(array)
     limit = float(np.finfo(dtype).max)
     if largest > limit:
         where = tuple(int(i) for i in xp.argwhere(xp.abs(array) > limit)[0])

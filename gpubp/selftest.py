@@ -280,6 +280,8 @@ def _tf32(backend: Backend) -> tuple[bool | None, str]:
     mantissa) and not a lot; and leave the exact GEMM exact afterwards."""
     if not backend.is_gpu:
         return None, "TF32 is a GPU feature; on the CPU matmul_precision='tf32' changes nothing"
+    if not getattr(backend, "tf32_capable", True):
+        return None, "this GPU has no TF32 tensor cores (compute capability < 8.0): tf32 computes exact float32"
     rng = np.random.default_rng(0)
     a, b = (backend.asarray(rng.standard_normal((512, 512)), np.float32) for _ in range(2))
     exact, tf32, again = (backend.empty((512, 512), np.float32) for _ in range(3))

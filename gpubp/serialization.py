@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,14 +80,19 @@ def write_npz(path: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
     except OSError as error:
         raise FileWriteError(f"cannot write {str(target)!r}: {error.strerror or error}") from None
     try:
+        if target.exists():  # overwriting keeps the file's permissions, as writing into it would
+            os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, metadata=np.array(json.dumps(metadata)), **arrays)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):  # disk full, quota, I/O error: the previous file is untouched
+            raise FileWriteError(f"cannot write {str(target)!r} (the previous file, if any, is untouched): "
+                                 f"{error.strerror or error}") from error
         raise
     _fsync_directory(directory)
     return target
@@ -98,7 +104,8 @@ def _create_temporary(directory: Path, name: str) -> tuple[int, str]:
     for _ in range(100):
         temporary = str(directory / f".{name}.{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(temporary, flags, 0o666), temporary
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name for {name!r} in {str(directory)!r}")
@@ -154,8 +161,8 @@ def _describe(head: bytes) -> str:
         return "Python pickle data (never loaded)"
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""
+    except UnicodeDecodeError as error:  # text cut in the middle of a character is still text
+        text = head[:error.start].decode("utf-8") if error.start >= len(head) - 3 else ""
     if not text or any(ord(c) < 32 and c not in "\t\n\r" for c in text):
         return f"binary data starting with {head[:8]!r}"
     return f"text starting with {text[:40]!r}"

@@ -220,8 +220,8 @@ def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    if sys.stderr.isatty():
-        from tqdm import tqdm
+    if sys.stderr.isatty() or "ipykernel" in sys.modules:  # a terminal, or a notebook's live widget
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=description, unit="batch", leave=True, dynamic_ncols=True)
     else:
@@ -326,11 +326,13 @@ class _Run:
         self.history.monitor = self.early.monitor
         self.history.resumed_from = resumed.epoch
         self.first_epoch = resumed.epoch + 1
-        if self.config.progress:
-            print(f"resumed from epoch {resumed.epoch} of {self.config.epochs} (checkpoint {str(path)!r})",
-                  file=sys.stderr, flush=True)
+        finished = ""
         if self.history.stopped_epoch is not None:  # that run had already stopped early: it is finished
             self.first_epoch = self.config.epochs + 1
+            finished = f"; that run had stopped early after epoch {self.history.stopped_epoch}: nothing left to train"
+        if self.config.progress:
+            print(f"resumed from epoch {resumed.epoch} of {self.config.epochs} (checkpoint {str(path)!r}){finished}",
+                  file=sys.stderr, flush=True)
         if self.best_params is not None and resumed.best_params is not None:
             self.backend.copy_into(self.best_params, resumed.best_params)
             self.best_saved = True

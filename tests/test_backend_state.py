@@ -52,7 +52,8 @@ class FakeCupy:
         runtime = type("runtime", (), {"getDevice": staticmethod(lambda: fake.current),
                                        "setDevice": staticmethod(set_device),
                                        "getDeviceProperties": staticmethod(lambda i: {"multiProcessorCount": 2,
-                                                                                      "name": b"Stand-in"})})
+                                                                                      "name": b"Stand-in",
+                                                                                      "major": 9, "minor": 0})})
         self.cuda = type("cuda", (), {"Device": Device, "runtime": runtime,
                                       "memory": type("memory", (), {"OutOfMemoryError": OutOfMemoryError})})
 
@@ -231,3 +232,14 @@ def test_tf32_sets_the_cublas_math_mode_around_this_networks_gemms_only(device_o
                        matmul_precision="tf32")
     double.train_step(X, y, SGD(0.1))
     assert set(modes) == {(0, 0)}  # TF32 is for float32 only
+
+
+def test_tf32_on_a_gpu_without_tensor_cores_computes_exactly(device_one, caplog):
+    backend, fake, _ = device_one
+    backend.tf32_capable = False  # compute capability 7.x
+    net = gpubp.MLP([2, 8, 3], activation="tanh", loss="cross_entropy", backend=backend, seed=0,
+                    matmul_precision="tf32")
+    X, y = gpubp.data.spirals(64, n_classes=3, seed=0)
+    with caplog.at_level("INFO", logger="gpubp"):
+        net.train_step(X, y, SGD(0.1))  # no cuBLAS or CuPy switches touched (the stand-in has none here)
+    assert "has no TF32 tensor cores" in caplog.text

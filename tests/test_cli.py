@@ -138,9 +138,12 @@ def test_train_checkpoint_and_resume(tmp_path, capsys, monkeypatch):
     ("--save", "model.txt", "--save must name a .npz file"),
     ("--history", "h.csv", "--history must name a .json file"),
     ("--plot", "c.pdf", "--plot must name a .png file"),
-    ("--save", ".", "--save must name a .npz file"),
+    ("--save", "adir.npz", "--save 'DIR/adir.npz' is a directory"),
+    ("--history", "readonly.json", "--history 'DIR/readonly.json' is not writable"),
 ])
 def test_every_output_path_is_checked_before_training(tmp_path, capsys, option, name, message):
+    (tmp_path / "adir.npz").mkdir()
+    (tmp_path / "readonly.json").symlink_to(tmp_path / "missing" / "target.json")  # dangling: cannot be written
     code = main(["train", "--epochs", "1", "--samples", "200", "--backend", "numpy", "--no-progress",
                  option, str(tmp_path / name)])
     captured = capsys.readouterr()
@@ -155,6 +158,9 @@ def test_every_output_path_is_checked_before_training(tmp_path, capsys, option, 
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--classes", "1"], "--classes must be >= 2"),
     (["--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["--early-stopping", "-1"], r"--early-stopping must be >= 0 \(0: off\), got -1"),
+    (["--momentum", "nan"], r"--momentum must be in \[0, 1\), got nan"),
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
 ])
 def test_bad_options_fail_before_anything_is_built(argv, message, capsys):
     try:

@@ -302,5 +302,5 @@ def test_selftest_passes_on_the_gpu():
 
     checks = selftest.run(gpubp.get_backend("cupy"), quick=True)
     assert not [c for c in checks if c.passed is False], selftest.table(checks)
-    assert {c.name for c in checks if c.passed is None} <= {"no host synchronisation in a step"}, \
-        selftest.table(checks)  # everything else applies on a GPU
+    allowed = {"no host synchronisation in a step", "TF32 matmuls take effect"}  # CuPy-version / GPU-age dependent
+    assert {c.name for c in checks if c.passed is None} <= allowed, selftest.table(checks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -62,7 +63,9 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", broken_savez)
-    with pytest.raises(OSError, match="disk full"):
+    from gpubp.errors import FileWriteError
+
+    with pytest.raises(FileWriteError, match=f"cannot write {re.escape(repr(str(path)))} .*untouched.*disk full"):
         gpubp.MLP([3, 4, 2], backend="numpy", seed=1).save(path)
     monkeypatch.undo()
     np.testing.assert_array_equal(gpubp.load(path, backend="numpy").get_weights()[0], first.get_weights()[0])
@@ -165,3 +168,18 @@ def test_load_checkpoint_unpacks_as_documented(tmp_path):
     state = load_checkpoint(tmp_path / "ck.npz", backend="numpy")
     assert progress["epoch"] == state.progress["epoch"] == 2 and optimizer.steps == state.optimizer.steps
     np.testing.assert_array_equal(loaded.get_weights()[0], net.get_weights()[0])
+
+
+def test_overwriting_keeps_the_files_permissions(tmp_path):
+    path = tmp_path / "m.npz"
+    gpubp.MLP([3, 4, 2], backend="numpy", seed=0).save(path)
+    os.chmod(path, 0o600)  # the user made it private
+    gpubp.MLP([3, 4, 2], backend="numpy", seed=1).save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_text_cut_in_the_middle_of_a_character_is_still_called_text(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(("x" * 63 + "é and more").encode("utf-8"))  # the 64-byte head ends inside "é"
+    with pytest.raises(GpubpValueError, match="it holds text starting with 'xxx"):
+        gpubp.load(notes, backend="numpy")

@@ -135,19 +135,46 @@ def _last_batch(ws, net, name):
 
 @pytest.mark.parametrize("name", ["cross_entropy", "bce"])
 def test_saturated_float32_logits_never_give_a_negative_loss(name, backend):
-    """Logits of ±30 (± noise) in float32: the exact loss is about 1e-12. Summing the per-row terms
-    before subtracting, as gpubp once did, gave -1.9e-06 for seed 4; each row is now clamped at 0."""
+    """Saturated float32 logits, right every time: the exact loss is about 1e-11. Summing the terms before
+    subtracting, as gpubp once did, gave -1.9e-06 (cross entropy: seed 4; BCE: seeds 0 and 5); each row
+    (cross entropy) or element (BCE) is now clamped at 0."""
     from gpubp.losses import LOSSES
 
     loss = LOSSES[name]
     n, k = 4096, 4
     for seed in range(6):
         rng = np.random.default_rng(seed)
-        onehot = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
-        z = (np.where(onehot > 0, 30.0, -30.0) + rng.normal(0, 3, (n, k))).astype(np.float32)
+        if name == "cross_entropy":
+            onehot = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+            z = (np.where(onehot > 0, 30.0, -30.0) + rng.normal(0, 3, (n, k))).astype(np.float32)
+        else:  # multi-label targets, logits of magnitude 20 to 60 with the right sign
+            onehot = (rng.random((n, k)) > 0.5).astype(np.float32)
+            z = (np.where(onehot > 0, 1, -1) * rng.uniform(20, 60, (n, k))).astype(np.float32)
         z_dev, y_dev = backend.asarray(z), backend.asarray(onehot)
         a, tmp, delta = (backend.empty((n, k), np.float32) for _ in range(3))
         rows = backend.empty((2, n, 1), np.float32)
         backend.bias_loss_output(loss, z_dev, backend.zeros(k, np.float32), a, tmp, rows)
         value = float(backend.loss_value_and_delta(loss, z_dev, a, y_dev, delta, tmp, rows))
         assert 0.0 <= value < 1e-6, (seed, value)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "bce"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_clamp_keeps_nan_for_the_divergence_guard(name, bad, backend):
+    """max(loss, 0) must not turn a NaN (from NaN or infinite logits) into 0: the guard needs to see it."""
+    import warnings
+
+    from gpubp.losses import LOSSES
+
+    loss = LOSSES[name]
+    z = np.zeros((5, 3), np.float32)
+    z[2, 1] = bad
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]]
+    z_dev, y_dev = backend.asarray(z), backend.asarray(y)
+    a, tmp, delta = (backend.empty((5, 3), np.float32) for _ in range(3))
+    rows = backend.empty((2, 5, 1), np.float32)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", over="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        backend.bias_loss_output(loss, z_dev, backend.zeros(3, np.float32), a, tmp, rows)
+        value = float(backend.loss_value_and_delta(loss, z_dev, a, y_dev, delta, tmp, rows))
+    assert not np.isfinite(value) or not backend.all_finite(delta), (value,)

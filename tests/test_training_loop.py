@@ -252,9 +252,9 @@ def test_the_progress_bar_is_closed_when_an_epoch_raises(monkeypatch):
 
     import sys
 
-    import tqdm
+    import tqdm.auto
 
-    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the tqdm bar
     X, y = _data()
     with pytest.raises(RuntimeError, match="interrupted mid-epoch"):
@@ -351,3 +351,14 @@ def test_a_resume_with_progress_says_from_where(tmp_path, capsys, monkeypatch):
     history = _fit(_net(), Adam(0.01), 3, path, resume=True, progress=True)
     err = capsys.readouterr().err
     assert f"resumed from epoch 1 of 3 (checkpoint {str(path)!r})" in err and history.resumed_from == 1
+
+
+def test_resuming_a_run_that_had_stopped_early_says_nothing_is_left(tmp_path, capsys):
+    path = tmp_path / "ck.npz"
+    X, y = _data()
+    settings = dict(batch_size=50, seed=0, checkpoint=path, early_stopping=1, monitor="loss", min_delta=10.0)
+    first = _net().fit(X, y, epochs=5, optimizer=Adam(0.01), progress=False, **settings)
+    assert first.stopped_epoch == 2
+    again = _net().fit(X, y, epochs=5, optimizer=Adam(0.01), progress=True, resume=True, **settings)
+    assert len(again) == 2
+    assert "that run had stopped early after epoch 2: nothing left to train" in capsys.readouterr().err

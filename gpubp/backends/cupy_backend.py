@@ -18,6 +18,7 @@ for a block of code (the network enters it around each public call).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Any, Callable, ContextManager
 
@@ -78,7 +79,10 @@ class CupyBackend(FusedBackend):
         self.device = cupy.cuda.Device(device if device is not None else runtime.getDevice())
         self.scope = DeviceScope(runtime, self.device.id)
         with self.scope:
-            sm_count = cupy.cuda.runtime.getDeviceProperties(self.device.id)["multiProcessorCount"]
+            properties = cupy.cuda.runtime.getDeviceProperties(self.device.id)
+            sm_count = properties["multiProcessorCount"]
+            self.tf32_capable = int(properties.get("major", 0)) >= 8
+            """TF32 tensor cores need compute capability 8.0 or newer (A100, H100, H200, RTX 30 series on)."""
             ops = FusedOps(_MODULES, max_blocks=sm_count * BLOCKS_PER_SM, device=self.device.id)
             super().__init__(cupy, ops, bias_grad)
 
@@ -91,7 +95,9 @@ class CupyBackend(FusedBackend):
         GEMM compute type. The latter is process-wide: while gpubp queues a TF32 GEMM (microseconds,
         under a lock), another thread's CuPy float32 matmul could also be queued in TF32.
         """
-        if precision != "tf32" or out.dtype != np.float32:
+        if precision != "tf32" or out.dtype != np.float32 or not self.tf32_capable:
+            if precision == "tf32" and not self.tf32_capable:
+                _no_tf32(self.device_name())
             self.xp.matmul(a, b, out=out)
             return
         cublas, linalg = _tf32_switches(self.xp)
@@ -162,6 +168,12 @@ class CupyBackend(FusedBackend):
 
 
 _TF32_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _no_tf32(device: str) -> None:
+    logging.getLogger("gpubp").info("gpubp: %s has no TF32 tensor cores (compute capability < 8.0): "
+                                    "matmul_precision='tf32' computes exact float32 GEMMs there", device)
 
 
 def _tf32_switches(cupy: Any) -> tuple[Any, Any]:
