@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -24,6 +23,7 @@ from .errors import GpubpError, GpubpValueError, OptionalDependencyError
 from .history import History
 from .mlp import MLP
 from .plot import plot_history
+from .serialization import check_output_path
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -117,18 +117,9 @@ def check_output(option: str, path: str | None, suffix: str) -> None:
     """Refuse, before anything runs, an output file that could not be written at the end of a run."""
     if not path:
         return
-    target = Path(path)
-    if target.suffix.lower() != suffix:
+    if Path(path).suffix.lower() != suffix:
         raise GpubpValueError(f"{option} must name a {suffix} file, got {path!r}")
-    if target.is_dir():
-        raise GpubpValueError(f"{option} {path!r} is a directory, expected a file name")
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise GpubpValueError(f"{option} {path!r}: directory {str(directory)!r} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise GpubpValueError(f"{option} {path!r}: directory {str(directory)!r} is not writable")
-    if (target.exists() or target.is_symlink()) and not os.access(target, os.W_OK):
-        raise GpubpValueError(f"{option} {path!r} is not writable (a read-only file or a broken link)")
+    check_output_path(path, option)
 
 
 def _needs_matplotlib(option: str) -> None:

@@ -106,9 +106,9 @@ def _tf32_on_cpu(backend: str) -> None:
 
 
 def quiet_overflow() -> np.errstate:
-    """Inference on finite inputs so large that the arithmetic overflows gives inf/NaN outputs, as on the
-    GPU and in PyTorch, with one gpubp warning (:func:`warn_overflow`) instead of NumPy's (training
-    reports it through the divergence guard)."""
+    """NumPy's overflow warnings off: inference on finite inputs so large that the arithmetic overflows
+    gives inf/NaN outputs, as on the GPU and in PyTorch, with one gpubp warning (:func:`warn_overflow`);
+    training reports it through the divergence guard."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 

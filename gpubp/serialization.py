@@ -37,6 +37,22 @@ def check_path(path: Any) -> Path:
     return Path(path)
 
 
+def check_output_path(path: Any, name: str) -> Path:
+    """``path`` as a file that a run can write at its end: not a directory, in an existing writable
+    directory, itself writable if it exists. ``name`` (an argument or an option) starts every message."""
+    target = check_path(path)
+    if target.is_dir():
+        raise GpubpValueError(f"{name} {str(target)!r} is a directory, expected a file name")
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise GpubpValueError(f"{name} {str(target)!r}: directory {str(directory)!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise GpubpValueError(f"{name} {str(target)!r}: directory {str(directory)!r} is not writable")
+    if (target.exists() or target.is_symlink()) and not os.access(target, os.W_OK):
+        raise GpubpValueError(f"{name} {str(target)!r} is not writable (a read-only file or a broken link)")
+    return target
+
+
 def write_model(path: Any, config: dict[str, Any], params: np.ndarray) -> None:
     """Write a model — its architecture ``config`` and flat ``params`` — to ``path`` atomically."""
     metadata = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "gpubp": __version__, **config}

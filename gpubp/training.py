@@ -37,7 +37,7 @@ from .history import History
 from .losses import Loss
 from .optim import Adam, Optimizer
 from .schedules import Schedule, checked_lr, get_schedule
-from .serialization import check_path, read_metadata
+from .serialization import check_output_path, read_metadata
 from .workspace import Workspace
 
 
@@ -132,12 +132,7 @@ def _checkpoint_path(checkpoint: Any, resume: bool) -> Path | None:
         if resume:
             raise GpubpValueError("resume=True needs checkpoint=PATH, the file to resume from")
         return None
-    path = check_path(checkpoint)
-    if path.is_dir():
-        raise GpubpValueError(f"checkpoint {str(path)!r} is a directory, expected a file name")
-    if not path.parent.is_dir():
-        raise GpubpValueError(f"checkpoint {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    return path
+    return check_output_path(checkpoint, "checkpoint")
 
 
 def check_monitor(monitor: str | None, classification: bool, has_validation: bool) -> str:
@@ -341,7 +336,7 @@ class _Run:
         optimizer = self.config.optimizer
         base_lr = optimizer.lr
         try:  # overflow is the guard's business: it reports it, NumPy's warnings would only be noise
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with inputs.quiet_overflow():
                 for epoch in range(self.first_epoch, self.config.epochs + 1):
                     optimizer.lr = checked_lr(self.config.schedule, epoch, base_lr, self.config.epochs)
                     self._epoch(epoch)

@@ -121,12 +121,6 @@ class WorkspaceCache:
         self.backend, self.sizes, self.dtype, self.keep_z = backend, tuple(sizes), dtype, tuple(keep_z)
         self._workspaces: OrderedDict[int, Workspace] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._workspaces)
-
-    def __contains__(self, batch: int) -> bool:
-        return batch in self._workspaces
-
     def get(self, batch: int) -> Workspace:
         """The workspace for ``batch`` samples, allocated on first use."""
         ws = self._workspaces.get(batch)
