@@ -52,6 +52,24 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
 
 
+def interrupted_before(epoch: int, run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run()``, with the training loop stopped by a KeyboardInterrupt before ``epoch`` (as a killed
+    or interrupted run stops: its checkpoint holds the epochs before)."""
+    from gpubp import training
+
+    real_lr = training.checked_lr
+
+    def interrupted(schedule, e, base_lr, epochs):
+        if e == epoch:
+            raise KeyboardInterrupt(f"interrupted before epoch {epoch}")
+        return real_lr(schedule, e, base_lr, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "checked_lr", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
 def targets_for(loss: str, n: int, outputs: int, rng: np.random.Generator) -> np.ndarray:
     """Valid targets for ``loss``: labels for cross_entropy, [0, 1] values for bce, anything for the rest."""
     if loss == "cross_entropy":

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import interrupted_before
 
 import gpubp
 from gpubp.cli import main
@@ -108,17 +109,7 @@ def test_train_option_errors(argv, message, capsys):
 def test_train_checkpoint_and_resume(tmp_path, capsys, monkeypatch):
     checkpoint = tmp_path / "run.ckpt.npz"
     common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint)]
-    real_lr = gpubp.training.checked_lr
-
-    def interrupted(schedule, epoch, base_lr, epochs):  # the first run dies before its third epoch
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_lr(schedule, epoch, base_lr, epochs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(gpubp.training, "checked_lr", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            main(common + ["--epochs", "4"])
+    interrupted_before(3, lambda: main(common + ["--epochs", "4"]), monkeypatch)  # the first run dies in epoch 3
     capsys.readouterr()
     assert main(common + ["--epochs", "4", "--resume"]) == 0
     out = capsys.readouterr().out
@@ -185,17 +176,7 @@ def test_a_resumed_run_says_so_and_marks_the_earlier_epochs(tmp_path, capsys, mo
     checkpoint = tmp_path / "run.ckpt.npz"
     common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint),
               "--epochs", "3"]
-    real_lr = gpubp.training.checked_lr
-
-    def interrupted(schedule, epoch, base_lr, epochs):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_lr(schedule, epoch, base_lr, epochs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(gpubp.training, "checked_lr", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            main(common)
+    interrupted_before(3, lambda: main(common), monkeypatch)
     capsys.readouterr()
     assert main([*common, "--resume"]) == 0
     out = capsys.readouterr().out

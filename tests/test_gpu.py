@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_gpu
+from conftest import interrupted_before, requires_gpu
 
 import gpubp
 from gpubp.guard import Guard
@@ -212,7 +212,6 @@ def test_divergence_guard_on_the_gpu(check_every):
 
 def test_resume_on_the_gpu_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     """What the README claims for the GPU: resume is bit-identical on the same device and libraries."""
-    from gpubp import training
     X, y = gpubp.data.spirals(2000, n_classes=3, seed=0)
 
     def run(epochs, checkpoint=None, resume=False):
@@ -222,17 +221,7 @@ def test_resume_on_the_gpu_matches_an_uninterrupted_run(tmp_path, monkeypatch):
         return net.get_weights()
 
     path = tmp_path / "ck.npz"
-    real_lr = training.checked_lr
-
-    def interrupted(schedule, epoch, base_lr, epochs):  # the first run dies before its third epoch
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_lr(schedule, epoch, base_lr, epochs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "checked_lr", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            run(4, path)
+    interrupted_before(3, lambda: run(4, path), monkeypatch)  # the first run dies in its third epoch
     resumed, straight = run(4, path, resume=True), run(4)
     for a, b in zip(resumed, straight):
         np.testing.assert_array_equal(a, b)

@@ -55,6 +55,16 @@ def test_missing_sources_are_a_clear_error(monkeypatch, tmp_path):
         kernel_dir()
 
 
+def _stand_in_cupy(monkeypatch, raw_module, compile_exception) -> None:
+    """A ``cupy`` module with just what CudaModules touches: RawModule, the current device, CompileException."""
+    cupy = types.ModuleType("cupy")
+    cupy.RawModule = raw_module
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                                      Device=lambda device: contextlib.nullcontext(),
+                                      compiler=types.SimpleNamespace(CompileException=compile_exception))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
 def test_compile_failure_carries_the_nvrtc_log(monkeypatch):
     """CudaModules turns CuPy's CompileException into a gpubp error holding the compiler's log."""
 
@@ -68,12 +78,7 @@ def test_compile_failure_carries_the_nvrtc_log(monkeypatch):
         def get_function(self, name):
             raise CompileException("optim.cu(12): error: identifier \"oops\" is undefined")
 
-    cupy = types.ModuleType("cupy")
-    cupy.RawModule = RawModule
-    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
-                                      Device=lambda device: contextlib.nullcontext(),
-                                      compiler=types.SimpleNamespace(CompileException=CompileException))
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    _stand_in_cupy(monkeypatch, RawModule, CompileException)
     modules = _kernels.CudaModules()
     with pytest.raises(KernelCompileError, match='(?s)kernels/optim.cu failed to compile.*"oops" is undefined') as info:
         modules.get("optim.cu", "gpubp::sgd_step<float>", 0)
@@ -96,12 +101,7 @@ def test_loading_failures_other_than_compile_errors_carry_context(monkeypatch, f
         def get_function(self, name):
             raise failure
 
-    cupy = types.ModuleType("cupy")
-    cupy.RawModule = RawModule
-    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
-                                      Device=lambda device: contextlib.nullcontext(),
-                                      compiler=types.SimpleNamespace(CompileException=CompileException))
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    _stand_in_cupy(monkeypatch, RawModule, CompileException)
     modules = _kernels.CudaModules()
     message = f"kernels/loss.cu could not be compiled or loaded on device 0: {text}"
     with pytest.raises(KernelCompileError, match=message):

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import interrupted_before
 
 import gpubp
 from gpubp import training
@@ -78,12 +79,6 @@ def test_a_lambda_schedule_is_compared_by_name(tmp_path):
 def test_validation_split_without_a_seed_is_the_same_on_resume(tmp_path, monkeypatch):
     path = tmp_path / "ck.npz"
     X, y = _data(400)
-    real_lr = training.checked_lr
-
-    def crash_at_3(schedule, epoch, base_lr, epochs):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_lr(schedule, epoch, base_lr, epochs)
 
     def run(**kwargs):
         net = _net()
@@ -91,10 +86,7 @@ def test_validation_split_without_a_seed_is_the_same_on_resume(tmp_path, monkeyp
                           progress=False, checkpoint=kwargs.pop("checkpoint", None), **kwargs)
         return net, history
 
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "checked_lr", crash_at_3)
-        with pytest.raises(KeyboardInterrupt):
-            run(checkpoint=path)  # seed=None: a seed is drawn, and recorded
+    interrupted_before(3, lambda: run(checkpoint=path), monkeypatch)  # seed=None: a seed is drawn, and recorded
     seed = load_checkpoint(path, backend="numpy").progress["seed"]
     assert isinstance(seed, int)
     resumed, resumed_history = run(checkpoint=path, resume=True)
@@ -136,21 +128,6 @@ def test_early_stopping_state_round_trip_and_checks():
         other.load_state({"monitor": "loss", "best_value": 0.5, "waited": 0})
 
 
-def _interrupted_at(monkeypatch, epoch, run):
-    """``run()`` with the loop made to stop (KeyboardInterrupt) before ``epoch``."""
-    real_lr = training.checked_lr
-
-    def interrupted(schedule, e, base_lr, epochs):
-        if e == epoch:
-            raise KeyboardInterrupt
-        return real_lr(schedule, e, base_lr, epochs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "checked_lr", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            run()
-
-
 def test_resume_without_saved_best_weights_never_restores_garbage(tmp_path, monkeypatch):
     """A checkpoint written with restore_best=False has no best weights; resuming it with restore_best=True
     must not put an unfilled buffer into the network: with nothing better seen after the resume, the
@@ -164,7 +141,7 @@ def test_resume_without_saved_best_weights_never_restores_garbage(tmp_path, monk
                           restore_best=restore_best)
         return net, history
 
-    _interrupted_at(monkeypatch, 3, lambda: run(tmp_path / "ck.npz", False))
+    interrupted_before(3, lambda: run(tmp_path / "ck.npz", False), monkeypatch)
     resumed, history = run(tmp_path / "ck.npz", True)
     assert history.best_epoch == 1 and history.stopped_epoch == 4
     never_restoring, _ = run(tmp_path / "other.npz", False)
@@ -347,7 +324,7 @@ def test_early_stopping_without_validation_data_warns_unless_the_monitor_is_name
 
 def test_a_resume_with_progress_says_from_where(tmp_path, capsys, monkeypatch):
     path = tmp_path / "ck.npz"
-    _interrupted_at(monkeypatch, 2, lambda: _fit(_net(), Adam(0.01), 3, path))
+    interrupted_before(2, lambda: _fit(_net(), Adam(0.01), 3, path), monkeypatch)
     history = _fit(_net(), Adam(0.01), 3, path, resume=True, progress=True)
     err = capsys.readouterr().err
     assert f"resumed from epoch 1 of 3 (checkpoint {str(path)!r})" in err and history.resumed_from == 1
