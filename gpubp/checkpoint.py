@@ -121,9 +121,13 @@ def check_same_run(source: Path, metadata: dict[str, Any], arrays: dict[str, Hos
     progress = metadata["progress"]
     for key, value in run.items():
         if not _json_equal(progress.get(key), value):
+            extend = (" (a run cannot be extended: its schedule and early stopping depend on it; to train on, "
+                      "load the network with gpubp.load(PATH) and fit it with a new checkpoint)"
+                      if key == "epochs" else "")
             raise GpubpValueError(
                 f"checkpoint {str(source)!r} was written by a run with {key}={progress.get(key)!r}, this fit "
-                f"has {key}={value!r}; resume with the same training data and settings, or start a new checkpoint"
+                f"has {key}={value!r}; resume with the same training data and settings, or start a new "
+                f"checkpoint{extend}"
             )
     saved = metadata["optimizer"].get("hyperparameters") or {}
     for key, value in optimizer.hyperparameters().items():

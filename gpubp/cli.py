@@ -23,7 +23,7 @@ from .errors import GpubpError, GpubpValueError, OptionalDependencyError
 from .history import History
 from .mlp import MLP
 from .plot import plot_history
-from .serialization import check_output_path
+from .serialization import check_output_path, read_metadata
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -73,8 +73,9 @@ def _kernel_line(compile_them: bool) -> str:
 
 
 def _parse_widths(text: str) -> list[int]:
+    parts = text.split(",") if text.strip() else []
     try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
+        widths = [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,64, got {text!r}") from None
     if not widths:
@@ -107,7 +108,8 @@ def _load_task(args: argparse.Namespace) -> dict:
 
 def _optimizer(args: argparse.Namespace, lr: float) -> optim.Optimizer:
     if args.optimizer == "sgd":
-        return optim.SGD(lr, momentum=args.momentum, weight_decay=args.weight_decay or 0.0)
+        momentum = 0.9 if args.momentum is None else args.momentum
+        return optim.SGD(lr, momentum=momentum, weight_decay=args.weight_decay or 0.0)
     if args.optimizer == "adamw":
         return optim.AdamW(lr, weight_decay=args.weight_decay if args.weight_decay is not None else 1e-2)
     return optim.Adam(lr, weight_decay=args.weight_decay or 0.0)
@@ -137,7 +139,9 @@ def _check_train_options(args: argparse.Namespace) -> None:
         raise GpubpValueError(f"--samples must be >= 1, got {args.samples}")
     if args.early_stopping < 0:
         raise GpubpValueError(f"--early-stopping must be >= 0 (0: off), got {args.early_stopping}")
-    if not 0 <= args.momentum < 1:
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise GpubpValueError(f"--momentum is SGD's; --optimizer {args.optimizer} has none (use --optimizer sgd)")
+    if args.momentum is not None and not 0 <= args.momentum < 1:
         raise GpubpValueError(f"--momentum must be in [0, 1), got {args.momentum}")
     get_backend(args.backend)  # an unknown or unusable backend, before anything is loaded
     if args.dataset in ("synthetic", "spirals") and args.classes < 2:
@@ -183,7 +187,7 @@ def _train(args: argparse.Namespace) -> int:
              if args.early_stopping else ""))
     started = time.perf_counter()
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
-                      validation_split=args.validation, progress=not args.no_progress, seed=args.seed,
+                      validation_split=args.validation, progress="lines" if args.no_progress else True, seed=args.seed,
                       lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None,
                       on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume)
     summary = _summary(args, net, history, task, len(X) - n_val, time.perf_counter() - started)
@@ -194,13 +198,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace, net: MLP, history: History, task: dict, n_train: int,
              wall: float) -> dict[str, float]:
-    """Print the epochs (with --no-progress) and the final line; return the summary."""
-    if history.resumed_from is not None and args.no_progress:  # with progress, fit has said it already
-        print(f"resumed from epoch {history.resumed_from} of {args.epochs} (checkpoint {args.checkpoint})")
-    if args.no_progress:
-        for epoch, record in zip(history.epochs, history.records):
-            earlier = " (before the resume)" if history.resumed_from and epoch <= history.resumed_from else ""
-            print(f"epoch {epoch}{earlier}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+    """Print the final line; return the summary (the epochs' lines came from fit as each ended)."""
     hidden = ("time", "val_time", "samples_per_s", "lr")
     summary: dict[str, float] = {k: v for k, v in history.records[-1].items() if k not in hidden}
     summary["epochs"] = len(history)
@@ -323,7 +321,8 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--lr-schedule", choices=["constant", "step", "cosine"], default="constant",
                        help="per-epoch learning rate: constant, step (x0.1 every third of the run), cosine; "
                        "default: %(default)s")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum; default: %(default)s")
+    train.add_argument("--momentum", type=float, default=None, help="SGD's momentum (--optimizer sgd only); "
+                       "default: 0.9")
     train.add_argument("--weight-decay", type=float, default=None,
                        help="weight decay (L2 for sgd/adam, decoupled for adamw); default: 0, 0.01 for adamw")
     train.add_argument("--epochs", type=int, default=30, help="default: %(default)s")
@@ -347,7 +346,8 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--save", metavar="PATH", help="save the trained network (.npz)")
     train.add_argument("--history", metavar="PATH", help="write the per-epoch history and the summary as JSON")
     train.add_argument("--plot", metavar="PATH", help="write the learning curves as a PNG (needs matplotlib)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar; one line per epoch instead")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bar; one line per epoch on stdout instead, as each ends")
     train.set_defaults(run=_train)
 
 
@@ -384,6 +384,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GpubpError as error:
         print(f"gpubp: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"gpubp: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted ``gpubp train`` left: the checkpoint's last epoch, and how to go on."""
+    path = getattr(args, "checkpoint", None)
+    metadata = read_metadata(path) if path else None
+    if not metadata or not isinstance(metadata.get("progress"), dict):
+        return ""
+    return (f"; the checkpoint {path} holds epoch {metadata['progress'].get('epoch')}: run the same command "
+            f"with --resume to continue")
 
 
 if __name__ == "__main__":

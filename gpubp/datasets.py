@@ -155,8 +155,8 @@ def fashion_mnist_dir(path: str | os.PathLike | None = None) -> Path:
         "Fashion-MNIST not found. Looked in:\n  " + "\n  ".join(looked) + "\n"
         "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files land in "
         f"{FASHION_MNIST_DIR}), or put the four files {', '.join(s + '[.gz]' for s in FASHION_MNIST_FILES.values())} "
-        "(from https://github.com/zalandoresearch/fashion-mnist) in a directory and pass it as `path` or "
-        "set GPUBP_DATA to it. gpubp never downloads anything."
+        "(from https://github.com/zalandoresearch/fashion-mnist) in a directory and pass it as `path` "
+        "(`--data-dir` for gpubp train) or set GPUBP_DATA to it. gpubp never downloads anything."
     )
 
 

@@ -385,7 +385,7 @@ class MLP:
         return result
 
     def fit(self, X: Any, Y: Any, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
-            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, progress: bool = True,
+            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, progress: bool | str = True,
             seed: int | None = None, *, validation_split: float = 0.0, lr_schedule: Any = None,
             early_stopping: int | None = None, monitor: str | None = None, min_delta: float = 0.0,
             restore_best: bool = True, on_nonfinite: str = "raise", check_every: int | None = None,

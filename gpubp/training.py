@@ -67,7 +67,8 @@ class FitConfig:
 
     ``epochs`` (the total, also when resuming), ``batch_size``, ``optimizer``
     (default ``Adam(1e-3)``), ``shuffle`` (a new permutation each epoch, drawn
-    from ``seed``), ``progress`` (a tqdm bar per epoch), ``seed``;
+    from ``seed``), ``progress`` (True: a tqdm bar per epoch on a terminal, one line per epoch on stderr
+    elsewhere; ``"lines"``: one line per epoch on stdout, as each ends; False: nothing), ``seed``;
     ``validation_split``: a fraction of the data held out, drawn with ``seed``
     (with ``seed=None`` a seed is drawn and kept in the checkpoint, so a resumed
     run holds out the same rows); ``lr_schedule``: ``"constant"``, ``"step"``,
@@ -85,7 +86,7 @@ class FitConfig:
     batch_size: int
     optimizer: Optimizer
     shuffle: bool
-    progress: bool
+    progress: bool | str
     seed: int | None
     validation_split: float
     schedule: Schedule
@@ -101,15 +102,16 @@ class FitConfig:
 
     @classmethod
     def build(cls, *, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
-              shuffle: bool = True, progress: bool = True, seed: int | None = None, validation_split: float = 0.0,
+              shuffle: bool = True, progress: bool | str = True, seed: int | None = None, validation_split: float = 0.0,
               lr_schedule: Any = None, early_stopping: int | None = None, monitor: str | None = None,
               min_delta: float = 0.0, restore_best: bool = True, on_nonfinite: str = "raise",
               check_every: int | None = None, checkpoint: Any = None, resume: bool = False,
               checkpoint_every: int = 1) -> FitConfig:
         """The checked settings; raises naming the first bad argument."""
         epochs = check.positive_int("epochs", epochs)
-        for name, flag in (("shuffle", shuffle), ("progress", progress), ("restore_best", restore_best),
-                           ("resume", resume)):
+        if progress not in PROGRESS or (progress != "lines" and not isinstance(progress, bool)):
+            raise GpubpValueError(f"progress must be True, False or 'lines', got {progress!r}")
+        for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("resume", resume)):
             if not isinstance(flag, bool):
                 raise GpubpTypeError(f"{name} must be True or False, got {flag!r}")
         check.seed("seed", seed)
@@ -188,39 +190,48 @@ class EarlyStopping:
         self.best_value, self.waited = (None if best is None else float(best)), waited
 
 
-class EpochLine:
-    """Progress where stderr is not a terminal (a file, a pipe, a CI log): one plain line per epoch,
-    written when the epoch ends, instead of a bar redrawn in place."""
+PROGRESS = (True, False, "lines")
 
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.postfix: dict[str, str] = {}
+
+def epoch_line(description: str, record: dict[str, float]) -> str:
+    """``epoch 3/30: loss 0.1234, accuracy 0.95, …`` — one epoch's record as one line."""
+    return f"{description}: " + ", ".join(f"{key} {value:.4g}" for key, value in record.items())
+
+
+class EpochLine:
+    """Progress as one plain line per epoch, written when the epoch ends: where stderr is not a terminal
+    (a file, a pipe, a CI log), or on stdout with ``progress="lines"``."""
+
+    def __init__(self, description: str, stream: Any) -> None:
+        self.description, self.stream = description, stream
+        self.record: dict[str, float] = {}
 
     def update(self, n: int) -> None:
         """Batches done: nothing to show until the epoch ends."""
 
-    def set_postfix(self, values: dict[str, str]) -> None:
-        self.postfix = dict(values)
-
     def close(self) -> None:
-        if self.postfix:  # an epoch that ended by an error has nothing to report
-            text = ", ".join(f"{key} {value}" for key, value in self.postfix.items())
-            print(f"{self.description}: {text}", file=sys.stderr, flush=True)
+        if self.record:  # an epoch that ended by an error has nothing to report
+            print(epoch_line(self.description, self.record), file=self.stream, flush=True)
+
+
+def _progress_stream(progress: bool | str) -> Any:
+    """Where progress lines go: stdout for ``"lines"``, stderr (tqdm's stream) otherwise."""
+    return sys.stdout if progress == "lines" else sys.stderr
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
-    """A tqdm bar on a terminal, an :class:`EpochLine` elsewhere, None when disabled; closed however the
-    block ends."""
-    if not enabled:
+def progress_bar(progress: bool | str, total: int, description: str) -> Iterator[Any]:
+    """A tqdm bar on a terminal, an :class:`EpochLine` elsewhere or with ``progress="lines"``, None when
+    disabled; closed however the block ends."""
+    if not progress:
         yield None
         return
-    if sys.stderr.isatty() or "ipykernel" in sys.modules:  # a terminal, or a notebook's live widget
+    if progress is True and (sys.stderr.isatty() or "ipykernel" in sys.modules):  # a terminal, a notebook
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=description, unit="batch", leave=True, dynamic_ncols=True)
     else:
-        bar = EpochLine(description)
+        bar = EpochLine(description, _progress_stream(progress))
     try:
         yield bar
     finally:
@@ -299,6 +310,10 @@ class _Run:
         self.steps_done, self.first_epoch = 0, 1
         if config.resume and config.checkpoint is not None and config.checkpoint.exists():
             self._resume(config.checkpoint)
+        elif config.checkpoint is not None and config.checkpoint.exists():
+            warnings.warn(f"checkpoint {str(config.checkpoint)!r} exists and will be overwritten by this new run "
+                          f"after its first epoch; pass resume=True (--resume) to continue it instead",
+                          GpubpWarning, stacklevel=4)
 
     def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array]:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -326,8 +341,13 @@ class _Run:
             self.first_epoch = self.config.epochs + 1
             finished = f"; that run had stopped early after epoch {self.history.stopped_epoch}: nothing left to train"
         if self.config.progress:
+            stream = _progress_stream(self.config.progress)
             print(f"resumed from epoch {resumed.epoch} of {self.config.epochs} (checkpoint {str(path)!r}){finished}",
-                  file=sys.stderr, flush=True)
+                  file=stream, flush=True)
+            if self.config.progress == "lines":  # the earlier epochs, marked, so the lines tell the whole run
+                for epoch, record in zip(self.history.epochs, self.history.records):
+                    print(epoch_line(f"epoch {epoch}/{self.config.epochs} (before the resume)", record),
+                          file=stream, flush=True)
         if self.best_params is not None and resumed.best_params is not None:
             self.backend.copy_into(self.best_params, resumed.best_params)
             self.best_saved = True
@@ -380,7 +400,9 @@ class _Run:
             record.update(lr=c.optimizer.lr, time=train_time, samples_per_s=self.n / train_time)
             if validation_time is not None:
                 record["val_time"] = validation_time
-            if bar is not None:
+            if isinstance(bar, EpochLine):
+                bar.record = record
+            elif bar is not None:
                 hidden = ("time", "samples_per_s", "val_time")
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in hidden})
         self.history.append(epoch, record)

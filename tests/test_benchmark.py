@@ -104,7 +104,7 @@ def test_schema_validation_catches(damage, message):
 
 
 def test_rows_compare_with_torch_where_installed():
-    torch = pytest.importorskip("torch", reason="PyTorch is the comparison here")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch): it is the comparison")
     row = benchmark.measure(gpubp.get_backend("numpy"), Config((8, 8, 8), 4), "float32", repeats=1)
     assert row["torch_ms"] > 0 and row["step_over_torch"] == pytest.approx(row["step_ms"] / row["torch_ms"])
     assert torch.__version__

@@ -109,14 +109,17 @@ def test_train_option_errors(argv, message, capsys):
 def test_train_checkpoint_and_resume(tmp_path, capsys, monkeypatch):
     checkpoint = tmp_path / "run.ckpt.npz"
     common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint)]
-    interrupted_before(3, lambda: main(common + ["--epochs", "4"]), monkeypatch)  # the first run dies in epoch 3
-    capsys.readouterr()
+    assert interrupted_before(3, lambda: main(common + ["--epochs", "4"]), monkeypatch) == 130  # dies in epoch 3
+    captured = capsys.readouterr()
+    assert "epoch 1/4: " in captured.out and "epoch 2/4: " in captured.out  # each epoch's line as it ended
+    assert (f"gpubp: interrupted; the checkpoint {checkpoint} holds epoch 2: run the same command with --resume "
+            "to continue") in captured.err
     assert main(common + ["--epochs", "4", "--resume"]) == 0
     out = capsys.readouterr().out
-    assert out.count("\nepoch 3: ") == 1 and "epochs 4" in out
+    assert out.count("\nepoch 3/4: ") == 1 and "epochs 4" in out
     assert main(["train", "--epochs", "4", "--samples", "600", "--backend", "numpy", "--no-progress"]) == 0
     straight = capsys.readouterr().out
-    assert straight.split("epoch 4: ")[1].split(", time")[0] == out.split("epoch 4: ")[1].split(", time")[0]
+    assert straight.split("epoch 4/4: ")[1].split(", time")[0] == out.split("epoch 4/4: ")[1].split(", time")[0]
     assert main(["train", "--epochs", "1", "--resume"]) == 2
     assert "--resume needs --checkpoint" in capsys.readouterr().err
 
@@ -150,7 +153,9 @@ def test_every_output_path_is_checked_before_training(tmp_path, capsys, option, 
     (["--classes", "1"], "--classes must be >= 2"),
     (["--lr", "-1"], "--lr must be a finite number >= 0"),
     (["--early-stopping", "-1"], r"--early-stopping must be >= 0 \(0: off\), got -1"),
-    (["--momentum", "nan"], r"--momentum must be in \[0, 1\), got nan"),
+    (["--optimizer", "sgd", "--momentum", "nan"], r"--momentum must be in \[0, 1\), got nan"),
+    (["--momentum", "0.5"], "--momentum is SGD's; --optimizer adam has none"),
+    (["--hidden", "32,,32"], "expected comma-separated integers"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
 ])
 def test_bad_options_fail_before_anything_is_built(argv, message, capsys):
@@ -176,13 +181,13 @@ def test_a_resumed_run_says_so_and_marks_the_earlier_epochs(tmp_path, capsys, mo
     checkpoint = tmp_path / "run.ckpt.npz"
     common = ["train", "--samples", "600", "--backend", "numpy", "--no-progress", "--checkpoint", str(checkpoint),
               "--epochs", "3"]
-    interrupted_before(3, lambda: main(common), monkeypatch)
+    assert interrupted_before(3, lambda: main(common), monkeypatch) == 130
     capsys.readouterr()
     assert main([*common, "--resume"]) == 0
     out = capsys.readouterr().out
-    assert f"resumed from epoch 2 of 3 (checkpoint {checkpoint})" in out
-    assert "epoch 1 (before the resume): " in out and "epoch 2 (before the resume): " in out
-    assert "\nepoch 3: " in out and "; 3 epochs" in out
+    assert f"resumed from epoch 2 of 3 (checkpoint {str(checkpoint)!r})" in out
+    assert "epoch 1/3 (before the resume): " in out and "epoch 2/3 (before the resume): " in out
+    assert "\nepoch 3/3: " in out and "; 3 epochs" in out
 
 
 def test_one_epoch_is_singular(capsys):

@@ -36,7 +36,7 @@ def _fit(net, optimizer, epochs, checkpoint, **kwargs):
     (dict(optimizer=Adam(1e-3), lr_schedule="cosine"), dict(optimizer=Adam(1e-1), lr_schedule="cosine"),
      r"optimizer lr=0.001, this fit's Adam has lr=0.1"),
     (dict(optimizer=Adam(1e-3), lr_schedule="cosine"), dict(optimizer=Adam(1e-3), lr_schedule="cosine", epochs=4),
-     "epochs=2, this fit has epochs=4"),
+     "epochs=2, this fit has epochs=4.*a run cannot be extended"),
     (dict(optimizer=Adam(1e-3)), dict(optimizer=Adam(1e-3, betas=(0.8, 0.999))), r"betas=\[0.9, 0.999\]"),
     (dict(optimizer=Adam(1e-3)), dict(optimizer=Adam(1e-3, eps=1e-6)), "eps=1e-08"),
     (dict(optimizer=AdamW(1e-3)), dict(optimizer=AdamW(1e-3, weight_decay=0.1)), "weight_decay=0.01"),
@@ -200,6 +200,7 @@ def test_epoch_time_excludes_validation(monkeypatch):
     (dict(check_every=0), "check_every must be >= 1"),
     (dict(checkpoint_every=0), "checkpoint_every must be >= 1"),
     (dict(lr_schedule="linear"), "unknown lr_schedule 'linear'"),
+    (dict(progress="yes"), "progress must be True, False or 'lines', got 'yes'"),
 ])
 def test_fit_config_refuses_bad_settings(kwargs, message):
     with pytest.raises((GpubpValueError, TypeError), match=message):
@@ -339,3 +340,20 @@ def test_resuming_a_run_that_had_stopped_early_says_nothing_is_left(tmp_path, ca
     again = _net().fit(X, y, epochs=5, optimizer=Adam(0.01), progress=True, resume=True, **settings)
     assert len(again) == 2
     assert "that run had stopped early after epoch 2: nothing left to train" in capsys.readouterr().err
+
+
+def test_a_new_run_onto_an_existing_checkpoint_warns(tmp_path):
+    from gpubp.errors import GpubpWarning
+
+    path = tmp_path / "ck.npz"
+    _fit(_net(), Adam(0.01), 1, path)
+    with pytest.warns(GpubpWarning, match="exists and will be overwritten .* pass resume=True"):
+        _fit(_net(), Adam(0.01), 1, path)
+    _fit(_net(), Adam(0.01), 1, path, resume=True)  # continuing it: no warning (a finished run: nothing to do)
+
+
+def test_progress_lines_go_to_stdout_as_each_epoch_ends(capsys):
+    X, y = _data()
+    _net().fit(X, y, epochs=2, batch_size=50, optimizer=Adam(0.01), progress="lines")
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["epoch 1/2", "epoch 2/2"] and ", time " in out[0]
