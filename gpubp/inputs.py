@@ -194,6 +194,25 @@ def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, dtype: np.
     return False, array
 
 
+def check_sample_weight(backend: Backend, weight: Any, n: int, name: str = "sample_weight") -> Array | None:
+    """Per-sample weights: None, or ``(n,)`` real numbers, finite, ≥ 0 and not all 0 (host or device)."""
+    if weight is None:
+        return None
+    xp = backend.xp if backend.is_device_array(weight) else np
+    array = weight if xp is not np else check.host_array(name, weight)
+    check.dtype_kind(name, array)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array.reshape(-1)
+    if array.ndim != 1 or array.shape[0] != n:
+        raise GpubpValueError(f"{name} must have shape ({n},), one weight per sample, got shape {array.shape}")
+    check.finite(name, array, xp)
+    if n and float(array.min()) < 0:
+        raise GpubpValueError(f"{name} must be >= 0, got a weight of {float(array.min())!r}")
+    if n and not float(array.max()) > 0:
+        raise GpubpValueError(f"{name} is 0 for every sample; at least one weight must be positive")
+    return array
+
+
 def _check_labels(array: Any, width: int, name: str) -> None:
     if array.dtype.kind not in "iu":
         raise GpubpTypeError(
@@ -253,14 +272,17 @@ def validation_size(n: int, fraction: float) -> int:
 
 
 def split_validation(X: Any, Y: Any, fraction: float, rng: np.random.Generator,
-                     xp: Any = np) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-    """``((X_train, Y_train), (X_val, Y_val))``: a random ``fraction`` of the rows held out.
+                     xp: Any = np, *more: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """``((X_train, Y_train, …), (X_val, Y_val, …))``: a random ``fraction`` of the rows held out.
 
     The held-out rows are the first of one permutation drawn from ``rng``; the
     training rows keep their original order. ``xp`` is the array module of
-    ``X`` and ``Y`` (they may be device arrays).
+    ``X`` and ``Y`` (they may be device arrays). Arrays in ``more`` (sample weights; None stays None)
+    are split the same way.
     """
     n_val = validation_size(X.shape[0], fraction)
     order = rng.permutation(X.shape[0])
     val_index, train_index = xp.asarray(order[:n_val]), xp.asarray(np.sort(order[n_val:]))
-    return (X[train_index], Y[train_index]), (X[val_index], Y[val_index])
+    arrays = (X, Y, *more)
+    return (tuple(None if a is None else a[train_index] for a in arrays),
+            tuple(None if a is None else a[val_index] for a in arrays))

@@ -22,6 +22,12 @@ the other losses the network multiplies ∂L/∂a by σ'(z) of its output activa
 
 Every function works in place on buffers the network preallocates: ``tmp`` has
 the output's shape and ``rows`` is ``(2, N, 1)``.
+
+**Sample weights.** ``weight`` is ``None`` or one weight per row, shaped ``(N, 1)`` and
+scaled by the caller to mean 1 over the batch (``w̃ₙ = N·wₙ / Σw``). Each row's loss
+terms and output error are multiplied by ``w̃ₙ``, so the mean reductions above become
+the weighted mean ``Σₙ wₙ ℓₙ / Σₙ wₙ`` and the gradient is that of the weighted mean.
+With all weights equal it is the unweighted loss.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class Loss:
 
     name: str
     value_and_delta: Callable[..., Any]
-    """``value_and_delta(xp, z, a, y, delta, tmp, rows) -> 0-d array``; writes the output error into ``delta``."""
+    """``value_and_delta(xp, z, a, y, delta, tmp, rows, weight=None) -> 0-d array``; writes the output error
+    into ``delta``."""
     fused_activation: str | None = None
     """``"softmax"`` or ``"sigmoid"`` when the loss includes the output activation."""
     output: Callable[..., None] | None = None
@@ -50,30 +57,50 @@ class Loss:
         return f"Loss({self.name!r})"
 
 
-def _mse(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+def _weigh(xp: Any, weight: Any, elem: Any, delta: Any) -> None:
+    """Row weights (mean 1 over the batch) times each row's loss terms and output error."""
+    xp.multiply(elem, weight, out=elem)
+    xp.multiply(delta, weight, out=delta)
+
+
+def _mse(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
     scale = 1.0 / a.size
     xp.subtract(a, y, out=delta)
-    loss = xp.vdot(delta.ravel(), delta.ravel()) * scale
+    if weight is None:
+        loss = xp.vdot(delta.ravel(), delta.ravel()) * scale
+    else:
+        xp.multiply(delta, delta, out=tmp)
+        _weigh(xp, weight, tmp, delta)
+        loss = tmp.sum() * scale
     xp.multiply(delta, 2.0 * scale, out=delta)
     return loss
 
 
-def _l1(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+def _l1(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
     scale = 1.0 / a.size
     xp.subtract(a, y, out=delta)
     xp.abs(delta, out=tmp)
-    loss = tmp.sum() * scale
     xp.sign(delta, out=delta)
+    if weight is not None:
+        _weigh(xp, weight, tmp, delta)
+    loss = tmp.sum() * scale
     xp.multiply(delta, scale, out=delta)
     return loss
 
 
-def _huber(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+def _huber(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
     # With d = a − y and c = clip(d, −1, 1): h(d) = c·d − ½c², for both branches.
     scale = 1.0 / a.size
     xp.subtract(a, y, out=tmp)
     xp.clip(tmp, -1.0, 1.0, out=delta)
-    loss = (xp.vdot(delta.ravel(), tmp.ravel()) - 0.5 * xp.vdot(delta.ravel(), delta.ravel())) * scale
+    if weight is None:
+        loss = (xp.vdot(delta.ravel(), tmp.ravel()) - 0.5 * xp.vdot(delta.ravel(), delta.ravel())) * scale
+    else:  # tmp ← c·(2d − c) = 2·h(d), in place, then weighted
+        xp.multiply(tmp, 2.0, out=tmp)
+        xp.subtract(tmp, delta, out=tmp)
+        xp.multiply(tmp, delta, out=tmp)
+        _weigh(xp, weight, tmp, delta)
+        loss = tmp.sum() * (0.5 * scale)
     xp.multiply(delta, scale, out=delta)
     return loss
 
@@ -89,7 +116,7 @@ def _softmax(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
     xp.divide(a, row_sum, out=a)
 
 
-def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
     # a already holds softmax(z) (from ``output``), rows the max and the sum of exps. Both are only
     # read, so the loss can be computed again after one forward pass with the same result.
     # Each row's loss, logsumexp(z) − y·z, is ≥ 0 in exact arithmetic (the targets are probabilities);
@@ -104,8 +131,10 @@ def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: 
     xp.sum(delta, axis=1, keepdims=True, out=row_yz)
     xp.subtract(row_loss, row_yz, out=row_loss)
     xp.maximum(row_loss, 0.0, out=row_loss)
-    loss = row_loss.sum() * (1.0 / n)
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (P − Y) / N
+    if weight is not None:
+        _weigh(xp, weight, row_loss, delta)
+    loss = row_loss.sum() * (1.0 / n)
     xp.multiply(delta, 1.0 / n, out=delta)
     return loss
 
@@ -114,7 +143,7 @@ def _sigmoid_output(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
     ACTIVATIONS["sigmoid"].forward(xp, z, a, tmp)
 
 
-def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> Any:
+def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
     # −[y·log σ(z) + (1 − y)·log(1 − σ(z))] = softplus(z) − y·z, stable for any z.
     # Each element is ≥ 0 in exact arithmetic for y in [0, 1]; clamped so rounding cannot go below.
     scale = 1.0 / z.size
@@ -122,8 +151,10 @@ def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any) -> An
     xp.multiply(y, z, out=delta)  # delta is scratch until BP1 below
     xp.subtract(tmp, delta, out=tmp)
     xp.maximum(tmp, 0.0, out=tmp)
-    loss = tmp.sum() * scale
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (σ(z) − Y) / M
+    if weight is not None:
+        _weigh(xp, weight, tmp, delta)
+    loss = tmp.sum() * scale
     xp.multiply(delta, scale, out=delta)
     return loss
 

@@ -213,13 +213,15 @@ class MLP:
         """The buffers of a batch of ``batch`` samples (allocated once, then reused)."""
         return self._workspaces.get(batch)
 
-    def load_batch(self, X: Any, Y: Any) -> Workspace:
-        """Check one batch and copy it into the workspace of its size (one transfer each for X and Y)."""
+    def load_batch(self, X: Any, Y: Any, sample_weight: Any = None) -> Workspace:
+        """Check one batch and copy it into the workspace of its size (one transfer each for X, Y and weights)."""
         X = self.check_x(X)
         is_labels, Y = self.check_y(Y, X.shape[0])
+        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
         ws = self.workspace(X.shape[0])
         self.backend.copy_into(ws.x, X)
         ws.load_targets(is_labels, Y)
+        ws.load_weights(weight)
         return ws
 
     def feedforward(self, ws: Workspace) -> Array:
@@ -239,7 +241,7 @@ class MLP:
         Expects :meth:`feedforward` first; may be called again with the same result."""
         last = self.n_layers
         return self.backend.loss_value_and_delta(self.loss, ws.output_z(last), ws.a[last], ws.y,
-                                                 ws.delta[last], ws.tmp[last], ws.rows)
+                                                 ws.delta[last], ws.tmp[last], ws.rows, ws.weight)
 
     def backpropagate(self, ws: Workspace) -> None:
         """Backward pass, BP1–BP4, overwriting :attr:`grads`. Expects :meth:`compute_loss` first."""
@@ -270,15 +272,23 @@ class MLP:
         return loss
 
     def count_correct(self, ws: Workspace) -> Array:
-        """Correct predictions in the workspace's batch, as a 0-d backend array (no host sync)."""
+        """Correct predictions in the workspace's batch, as a 0-d backend array (no host sync); with sample
+        weights, the sum of the weights of the correct ones (of each correct output, for bce)."""
         xp = self.backend.xp
         output = ws.a[-1]
         if self.loss.name == "cross_entropy":
-            return (xp.argmax(output, axis=1) == xp.argmax(ws.y, axis=1)).sum()
-        return ((output > 0.5) == (ws.y > 0.5)).sum()
+            hits = xp.argmax(output, axis=1) == xp.argmax(ws.y, axis=1)
+            weight = None if ws.weight is None else ws.weight[:, 0]
+        else:
+            hits = (output > 0.5) == (ws.y > 0.5)
+            weight = ws.weight
+        if weight is None or ws.weight_total is None:
+            return hits.sum()
+        return (hits * weight).sum() * (ws.weight_total / ws.batch)  # weights back to their own scale
 
-    def accuracy_denominator(self, n: int) -> int:
-        """What accuracy divides by for ``n`` samples: samples (cross_entropy) or outputs (bce)."""
+    def accuracy_denominator(self, n: Any) -> Any:
+        """What accuracy divides by for ``n`` samples (or a total sample weight): samples (cross_entropy) or
+        outputs (bce)."""
         return n if self.loss.name == "cross_entropy" else n * self.sizes[-1]
 
     def find_nonfinite(self, ws: Workspace) -> str:
@@ -305,8 +315,10 @@ class MLP:
         return "no single place on re-running the step (the values were finite the second time)"
 
     # --- public API ---------------------------------------------------------------------------------------
-    def train_step(self, X: Any, Y: Any, optimizer: Optimizer) -> Array:
+    def train_step(self, X: Any, Y: Any, optimizer: Optimizer, sample_weight: Any = None) -> Array:
         """One gradient-descent step on the batch ``(X, Y)``; returns the loss as a 0-d backend array.
+
+        ``sample_weight`` (``(n,)``, ≥ 0): the loss is the weighted mean ``Σ wₙ ℓₙ / Σ wₙ``.
 
         The step itself does not wait for the GPU and the loss comes back as a device
         scalar (``float(loss)`` waits for it). The input checks do: with device (CuPy)
@@ -317,14 +329,14 @@ class MLP:
         """
         optimizer = inputs.check_optimizer(optimizer)
         with self.backend.activate():
-            loss = self.compute_gradients(self.load_batch(X, Y))
+            loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             optimizer.update(self.backend, self.params, self.grads)
         return loss
 
-    def loss_and_grads(self, X: Any, Y: Any) -> tuple[float, list[HostArray]]:
+    def loss_and_grads(self, X: Any, Y: Any, sample_weight: Any = None) -> tuple[float, list[HostArray]]:
         """The loss and its gradients (NumPy, in :meth:`get_weights` order), without updating anything."""
         with self.backend.activate():
-            loss = self.compute_gradients(self.load_batch(X, Y))
+            loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             return float(loss), self.split(self.backend.to_host(self.grads))
 
     def forward(self, X: Any, batch_size: int | None = None) -> Array:
@@ -353,43 +365,52 @@ class MLP:
             inputs.warn_overflow("predict", bad)
         return out
 
-    def evaluate(self, X: Any, Y: Any, batch_size: int | None = None) -> dict[str, float]:
-        """``{"loss": …}`` over the whole set, plus ``"accuracy"`` for cross_entropy and bce."""
+    def evaluate(self, X: Any, Y: Any, batch_size: int | None = None, sample_weight: Any = None) -> dict[str, float]:
+        """``{"loss": …}`` over the whole set, plus ``"accuracy"`` for cross_entropy and bce; with
+        ``sample_weight``, both are weighted means."""
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
         with self.backend.activate():
             X = self.check_x(X)
             is_labels, Y = self.check_y(Y, X.shape[0])
-            return self.evaluate_checked(X, is_labels, Y, batch_size)
+            weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
+            return self.evaluate_checked(X, is_labels, Y, batch_size, weight)
 
-    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array,
-                         batch_size: int = PREDICT_BATCH) -> dict[str, float]:
-        """:meth:`evaluate` on inputs already checked by :meth:`check_x` and :meth:`check_y`."""
+    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array, batch_size: int = PREDICT_BATCH,
+                         weight: Array | None = None) -> dict[str, float]:
+        """:meth:`evaluate` on inputs already checked by :meth:`check_x`, :meth:`check_y` and
+        :func:`gpubp.inputs.check_sample_weight`."""
         n = X.shape[0]
         total_loss: Any = 0.0
         correct: Any = 0
+        total_weight: Any = 0.0
         with self.backend.activate(), inputs.quiet_overflow():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 ws = self.workspace(stop - start)
                 self.backend.copy_into(ws.x, X[start:stop])
                 ws.load_targets(is_labels, Y[start:stop])
+                ws.load_weights(None if weight is None else weight[start:stop])
                 self.feedforward(ws)
-                total_loss = total_loss + self.compute_loss(ws) * (stop - start)
+                size = ws.batch if ws.weight_total is None else ws.weight_total
+                total_loss = total_loss + self.compute_loss(ws) * size
+                total_weight = total_weight + size
                 if self.loss.classification:
                     correct = correct + self.count_correct(ws)
-            result = {"loss": float(total_loss) / n}
+            denominator = float(total_weight)
+            result = {"loss": float(total_loss) / denominator}
             if self.loss.classification:
-                result["accuracy"] = float(correct) / self.accuracy_denominator(n)
+                result["accuracy"] = float(correct) / self.accuracy_denominator(denominator)
         if not np.isfinite(result["loss"]):
             inputs.warn_overflow("evaluate: the loss", 1)
         return result
 
     def fit(self, X: Any, Y: Any, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
-            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, progress: bool | str = True,
+            validation_data: tuple[Any, ...] | None = None, shuffle: bool = True, progress: bool | str = True,
             seed: int | None = None, *, validation_split: float = 0.0, lr_schedule: Any = None,
             early_stopping: int | None = None, monitor: str | None = None, min_delta: float = 0.0,
             restore_best: bool = True, on_nonfinite: str = "raise", check_every: int | None = None,
-            checkpoint: Any = None, resume: bool = False, checkpoint_every: int = 1) -> History:
+            checkpoint: Any = None, resume: bool = False, checkpoint_every: int = 1,
+            sample_weight: Any = None, callback: Any = None) -> History:
         """Train by minibatch gradient descent; returns the per-epoch :class:`~gpubp.history.History`.
 
         ``X`` is ``(n_samples, sizes[0])``; ``Y`` is integer class labels ``(n,)`` for
@@ -399,14 +420,18 @@ class MLP:
         true, and every batch is gathered into the preallocated workspace. The default optimizer is
         ``Adam(lr=1e-3)``. The loss and accuracy of an epoch are averages over
         its batches, taken as the weights changed; validation metrics are
-        computed at the end of each epoch. Every argument is checked before
-        anything changes; each is described in :class:`gpubp.training.FitConfig`,
-        and the loop in :func:`gpubp.training.fit`.
+        computed at the end of each epoch. ``sample_weight`` (``(n,)``, ≥ 0) makes each batch's
+        loss the weighted mean ``Σ wₙ ℓₙ / Σ wₙ`` (``validation_data`` may then be a triple
+        ``(X_val, Y_val, sample_weight_val)``). ``callback(epoch, record)`` is called after each
+        epoch with its metrics; it may add entries to ``record`` and returns True to stop the run.
+        Every argument is checked before anything changes; each is described in
+        :class:`gpubp.training.FitConfig`, and the loop in :func:`gpubp.training.fit`.
         """
         config = training.FitConfig.build(
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, shuffle=shuffle, progress=progress,
             seed=seed, validation_split=validation_split, lr_schedule=lr_schedule, early_stopping=early_stopping,
             monitor=monitor, min_delta=min_delta, restore_best=restore_best, on_nonfinite=on_nonfinite,
-            check_every=check_every, checkpoint=checkpoint, resume=resume, checkpoint_every=checkpoint_every)
+            check_every=check_every, checkpoint=checkpoint, resume=resume, checkpoint_every=checkpoint_every,
+            callback=callback)
         with self.backend.activate():
-            return training.fit(self, X, Y, config, validation_data)
+            return training.fit(self, X, Y, config, validation_data, sample_weight)

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -56,8 +56,9 @@ class TrainableModel(Protocol):
     def workspace(self, batch: int) -> Workspace: ...
     def compute_gradients(self, ws: Workspace) -> Array: ...
     def count_correct(self, ws: Workspace) -> Array: ...
-    def accuracy_denominator(self, n: int) -> int: ...
-    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array, batch_size: int = ...) -> dict[str, float]: ...
+    def accuracy_denominator(self, n: Any) -> Any: ...
+    def evaluate_checked(self, X: Array, is_labels: bool, Y: Array, batch_size: int = ...,
+                         weight: Array | None = None) -> dict[str, float]: ...
     def find_nonfinite(self, ws: Workspace) -> str: ...
 
 
@@ -77,7 +78,9 @@ class FitConfig:
     (default ``val_loss`` with validation data, else ``loss``), ``min_delta``,
     ``restore_best``; ``on_nonfinite`` (``"raise"`` or ``"skip_step"``) and
     ``check_every`` for the divergence guard (:mod:`gpubp.guard`);
-    ``checkpoint`` (a path), ``checkpoint_every`` (epochs) and ``resume``.
+    ``checkpoint`` (a path), ``checkpoint_every`` (epochs) and ``resume``;
+    ``callback(epoch, record) -> bool``, called after each epoch with its metrics (it may
+    add entries, which the history keeps; True stops the run after that epoch).
     A resume must be the same run: same data size, batch size, shuffling,
     ``epochs``, seed, schedule, optimizer class and hyperparameters.
     """
@@ -99,6 +102,7 @@ class FitConfig:
     checkpoint: Path | None
     resume: bool
     checkpoint_every: int
+    callback: Callable[[int, dict[str, float]], Any] | None = None
 
     @classmethod
     def build(cls, *, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
@@ -106,9 +110,11 @@ class FitConfig:
               lr_schedule: Any = None, early_stopping: int | None = None, monitor: str | None = None,
               min_delta: float = 0.0, restore_best: bool = True, on_nonfinite: str = "raise",
               check_every: int | None = None, checkpoint: Any = None, resume: bool = False,
-              checkpoint_every: int = 1) -> FitConfig:
+              checkpoint_every: int = 1, callback: Any = None) -> FitConfig:
         """The checked settings; raises naming the first bad argument."""
         epochs = check.positive_int("epochs", epochs)
+        if callback is not None and not callable(callback):
+            raise GpubpTypeError(f"callback must be a function(epoch, record) or None, got {type(callback).__name__}")
         if progress not in PROGRESS or (progress != "lines" and not isinstance(progress, bool)):
             raise GpubpValueError(f"progress must be True, False or 'lines', got {progress!r}")
         for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("resume", resume)):
@@ -126,7 +132,7 @@ class FitConfig:
             restore_best=restore_best, on_nonfinite=check_mode(on_nonfinite),
             check_every=None if check_every is None else check.positive_int("check_every", check_every),
             checkpoint=_checkpoint_path(checkpoint, resume), resume=resume,
-            checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every))
+            checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every), callback=callback)
 
 
 def _checkpoint_path(checkpoint: Any, resume: bool) -> Path | None:
@@ -254,9 +260,14 @@ class Step:
 
 
 def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
-        validation_data: tuple[Any, Any] | None = None) -> History:
-    """Train ``model`` as ``config`` says; returns the per-epoch :class:`~gpubp.history.History`."""
-    return _Run(model, X, Y, config, validation_data).train()
+        validation_data: tuple[Any, ...] | None = None, sample_weight: Any = None) -> History:
+    """Train ``model`` as ``config`` says; returns the per-epoch :class:`~gpubp.history.History`.
+
+    ``validation_data`` is ``(X_val, Y_val)`` or ``(X_val, Y_val, sample_weight_val)``;
+    ``sample_weight`` (``(n,)``, ≥ 0) makes every batch's loss the weighted mean and the
+    epoch's metrics weighted means (held-out rows of ``validation_split`` keep their weights).
+    """
+    return _Run(model, X, Y, config, validation_data, sample_weight).train()
 
 
 def _resolve_seed(config: FitConfig) -> int:
@@ -274,15 +285,16 @@ class _Run:
     """One call of :func:`fit`: the checked data and settings, then the epochs."""
 
     def __init__(self, model: TrainableModel, X: Any, Y: Any, config: FitConfig,
-                 validation_data: tuple[Any, Any] | None) -> None:
+                 validation_data: tuple[Any, ...] | None, sample_weight: Any = None) -> None:
         self.model, self.config, self.backend = model, config, model.backend
         X = model.check_x(X)
         is_labels, Y = model.check_y(Y, X.shape[0])
+        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
         if config.validation_split:
             if validation_data is not None:
                 raise GpubpValueError("give validation_data or validation_split, not both")
             inputs.validation_size(X.shape[0], config.validation_split)
-        self.validation: tuple[Array, bool, Array] | None = None
+        self.validation: tuple[Array, bool, Array, Array | None] | None = None
         if validation_data is not None:
             self.validation = self._check_validation(validation_data)
         has_validation = validation_data is not None or bool(config.validation_split)
@@ -295,10 +307,18 @@ class _Run:
         self.rng = np.random.default_rng(self.seed)
         if config.validation_split:
             xp = self.backend.xp if self.backend.is_device_array(X) else np
-            (X, Y), (x_val, y_val) = inputs.split_validation(X, Y, config.validation_split, self.rng, xp)
-            self.validation = (x_val, is_labels, y_val)
+            (X, Y, weight), (x_val, y_val, w_val) = inputs.split_validation(X, Y, config.validation_split,
+                                                                            self.rng, xp, weight)
+            if w_val is not None and not float(w_val.max()) > 0:
+                raise GpubpValueError("sample_weight is 0 for every row that validation_split held out; "
+                                      "the validation metrics would be undefined")
+            if weight is not None and not float(weight.max()) > 0:
+                raise GpubpValueError("sample_weight is 0 for every row left for training by validation_split")
+            self.validation = (x_val, is_labels, y_val, w_val)
         self.is_labels, self.n = is_labels, X.shape[0]
         self.x_all, self.y_all = inputs.training_set_to_device(self.backend, X, Y, model.dtype, is_labels)
+        self.weight_all = (None if weight is None else
+                           inputs.to_device(self.backend, weight, model.dtype).reshape(self.n, 1))
         self.guard = Guard(self.backend, model.grads, config.on_nonfinite, config.check_every)
         self.step = Step(model, config.optimizer, self.guard)
         self.early = EarlyStopping(monitor, config.early_stopping, config.min_delta)
@@ -315,12 +335,15 @@ class _Run:
                           f"after its first epoch; pass resume=True (--resume) to continue it instead",
                           GpubpWarning, stacklevel=4)
 
-    def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array]:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise GpubpTypeError("validation_data must be a pair (X_val, Y_val)")
+    def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array, Array | None]:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise GpubpTypeError("validation_data must be a pair (X_val, Y_val) or a triple (X_val, Y_val, "
+                                 "sample_weight_val)")
         x_val = self.model.check_x(validation_data[0], "validation_data[0]")
         is_labels, y_val = self.model.check_y(validation_data[1], x_val.shape[0], "validation_data[1]")
-        return x_val, is_labels, y_val
+        w_val = (inputs.check_sample_weight(self.backend, validation_data[2], x_val.shape[0], "validation_data[2]")
+                 if len(validation_data) == 3 else None)
+        return x_val, is_labels, y_val, w_val
 
     def run_identity(self) -> dict[str, Any]:
         """What a checkpoint records of the run, and a resume must match."""
@@ -383,7 +406,7 @@ class _Run:
         order = self.backend.asarray(self.rng.permutation(self.n) if c.shuffle else np.arange(self.n))
         started = time.perf_counter()
         with progress_bar(c.progress, n_batches, f"epoch {epoch}/{c.epochs}") as bar:
-            total_loss, correct, used, skipped = self._batches(epoch, order, n_batches, bar)
+            total_loss, correct, used, weight_used, skipped = self._batches(epoch, order, n_batches, bar)
             n_used = int(used)
             train_time = time.perf_counter() - started
             if n_used == 0:
@@ -391,9 +414,10 @@ class _Run:
                     f"training diverged: every step of epoch {epoch} had NaN or Inf in its loss or gradients and "
                     f"was skipped; the weights are those after step {self.steps_done - n_batches}. Lower the "
                     f"learning rate (it was {c.optimizer.lr:g}).")
-            record: dict[str, float] = {"loss": float(total_loss) / n_used}
+            measure = n_used if self.weight_all is None else (float(weight_used) or 1.0)  # Σ samples or weights
+            record: dict[str, float] = {"loss": float(total_loss) / measure}
             if model.loss.classification:
-                record["accuracy"] = float(correct) / model.accuracy_denominator(n_used)
+                record["accuracy"] = float(correct) / model.accuracy_denominator(measure)
             if c.on_nonfinite == "skip_step":
                 record["skipped_steps"] = skipped
             validation_time = self._validate(record)
@@ -405,6 +429,7 @@ class _Run:
             elif bar is not None:
                 hidden = ("time", "samples_per_s", "val_time")
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in hidden})
+        stop = bool(c.callback(epoch, record)) if c.callback is not None else False
         self.history.append(epoch, record)
         if self.early.update(record):
             self.history.best_epoch = epoch
@@ -412,6 +437,8 @@ class _Run:
                 self.backend.copy_into(self.best_params, model.params)
                 self.best_saved = True
         elif self.early.should_stop:
+            stop = True
+        if stop:
             self.history.stopped_epoch = epoch
 
     def _validate(self, record: dict[str, float]) -> float | None:
@@ -419,8 +446,8 @@ class _Run:
         if self.validation is None:
             return None
         started = time.perf_counter()
-        x_val, is_labels, y_val = self.validation
-        for key, value in self.model.evaluate_checked(x_val, is_labels, y_val).items():
+        x_val, is_labels, y_val, w_val = self.validation
+        for key, value in self.model.evaluate_checked(x_val, is_labels, y_val, weight=w_val).items():
             record[f"val_{key}"] = value
         return time.perf_counter() - started
 
@@ -428,11 +455,12 @@ class _Run:
         """Batch number ``batch`` of this epoch's ``order``, gathered into its workspace."""
         index = order[batch * self.config.batch_size:(batch + 1) * self.config.batch_size]
         ws = self.model.workspace(int(index.shape[0]))
-        ws.gather(self.x_all, self.y_all, index, self.is_labels)
+        ws.gather(self.x_all, self.y_all, index, self.is_labels, self.weight_all)
         return ws
 
-    def _batches(self, epoch: int, order: Array, n_batches: int, bar: Any) -> tuple[Any, Any, Any, int]:
-        """The steps of one epoch: (Σ loss·batch, Σ correct, samples used, steps skipped).
+    def _batches(self, epoch: int, order: Array, n_batches: int, bar: Any) -> tuple[Any, Any, Any, Any, int]:
+        """The steps of one epoch: (Σ loss·size, Σ correct, samples used, Σ sample weights used, steps skipped),
+        a batch's size being its samples, or the sum of their weights with sample weights.
 
         The sums stay backend arrays (no host synchronisation); with
         ``skip_step`` the skipped steps are left out of them on the device.
@@ -442,6 +470,7 @@ class _Run:
         total_loss: Any = 0.0
         correct: Any = 0
         used: Any = 0
+        weight_used: Any = 0.0
         skipped = 0
 
         def diagnose(batch: int) -> str:
@@ -452,20 +481,23 @@ class _Run:
             self.steps_done += 1
             loss, flag = self.step(ws)
             batch_correct = model.count_correct(ws) if model.loss.classification else 0
+            size = ws.batch if ws.weight_total is None else ws.weight_total
             if skipping:
                 keep = flag[0] == 0
-                total_loss = total_loss + xp.where(keep, loss * ws.batch, 0.0)
+                total_loss = total_loss + xp.where(keep, loss * size, 0.0)
                 correct = correct + xp.where(keep, batch_correct, 0)
                 used = used + xp.where(keep, ws.batch, 0)
+                weight_used = weight_used + xp.where(keep, size, 0.0)
             else:
-                total_loss = total_loss + loss * ws.batch
+                total_loss = total_loss + loss * size
                 correct = correct + batch_correct
                 used = used + ws.batch
+                weight_used = weight_used + size
             if self.guard.record(self.steps_done, epoch, batch) or batch == n_batches - 1:
                 skipped += self.guard.check(diagnose, self.config.optimizer.lr)
             if bar is not None:
                 bar.update(1)
-        return total_loss, correct, used, skipped
+        return total_loss, correct, used, weight_used, skipped
 
     def _save(self, path: Path, epoch: int) -> None:
         progress = {"epoch": epoch, "step": self.steps_done, "rng_state": self.rng.bit_generator.state,

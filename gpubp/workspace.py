@@ -47,7 +47,10 @@ class Workspace:
     ``z[l]``); ``delta[l]`` holds δ[l]; ``tmp[l]``/``tmp2[l]`` are scratch
     views of layer l's shape; ``rows`` is a ``(2, N, 1)`` scratch for row-wise
     reductions; ``ones`` is the vector 1 of BP3's ``1ᵀ·δ``; ``y`` holds the
-    dense targets and ``labels`` integer labels.
+    dense targets and ``labels`` integer labels. ``weight`` is None (every sample
+    counts the same) or the batch's sample weights, ``(N, 1)``, scaled to mean 1
+    (the losses then take the weighted mean), and ``weight_total`` their sum before
+    scaling (a 0-d array) — both set by :meth:`load_weights` or :meth:`gather`.
     """
 
     def __init__(self, backend: Backend, sizes: Sequence[int], batch: int, dtype: Any, keep_z: Sequence[bool]):
@@ -70,6 +73,9 @@ class Workspace:
         self._delta: list[Array] | None = None
         self._labels: Array = None
         self._row_index: Array = None
+        self._weight: Array = None
+        self.weight: Array | None = None
+        self.weight_total: Array | None = None
 
     def output_z(self, layer: int) -> Array:
         """Where Z[layer] is written: its own buffer when kept, else the A[layer] buffer."""
@@ -98,8 +104,8 @@ class Workspace:
         else:
             self._backend.copy_into(self.y, targets)
 
-    def gather(self, x_all: Array, y_all: Array, index: Array, labels: bool) -> None:
-        """Fill the batch with rows ``index`` of device-resident inputs and targets."""
+    def gather(self, x_all: Array, y_all: Array, index: Array, labels: bool, weight_all: Array | None = None) -> None:
+        """Fill the batch with rows ``index`` of device-resident inputs, targets and (``(n, 1)``) weights."""
         be = self._backend
         be.take_rows(x_all, index, out=self.x)
         if labels:
@@ -107,6 +113,32 @@ class Workspace:
             self.labels_to_targets()
         else:
             be.take_rows(y_all, index, out=self.y)
+        if weight_all is None:
+            self.weight = self.weight_total = None
+        else:
+            be.take_rows(weight_all, index, out=self._weight_buffer())
+            self._scale_weights()
+
+    def load_weights(self, weight: Any) -> None:
+        """Copy the batch's ``(N,)`` sample weights in (None: unweighted) and scale them to mean 1."""
+        if weight is None:
+            self.weight = self.weight_total = None
+            return
+        self._backend.copy_into(self._weight_buffer(), weight.reshape(self.batch, 1))
+        self._scale_weights()
+
+    def _weight_buffer(self) -> Array:
+        if self._weight is None:
+            self._weight = self._backend.empty((self.batch, 1), self._dtype)
+        return self._weight
+
+    def _scale_weights(self) -> None:
+        """``w ← N·w / Σw`` on the device (no host synchronisation); a batch whose weights are all 0
+        stays 0 (its loss and gradient are then 0)."""
+        xp, w = self._backend.xp, self._weight
+        self.weight_total = w.sum()
+        xp.multiply(w, self.batch / xp.maximum(self.weight_total, np.finfo(w.dtype).tiny), out=w)
+        self.weight = w
 
     def labels_to_targets(self) -> None:
         """Fill the dense targets ``y`` with the one-hot rows of ``labels``."""

@@ -16,6 +16,11 @@
 //                       elem = c d - c^2/2, delta = c scale;  scale = 1/M.
 // one_hot<T>            out[n, k] = (labels[n] == k).
 //
+// Sample weights: softmax_xent, bce and pointwise_loss take w (one weight per row) and a flag
+// `weighted`.  When it is nonzero, row n's loss terms and output error are multiplied by w[n]
+// (the caller scales the weights to mean 1 over the batch, so the mean-reduced loss becomes the
+// weighted mean).  When it is 0, w is not read (any pointer will do) and nothing is multiplied.
+//
 // The loss value is the sum of elem (or row_loss) times scale; the caller reduces it with a
 // deterministic tree reduction, so no kernel here uses atomics.
 #include "common.cuh"
@@ -51,29 +56,40 @@ __global__ void bias_softmax(const T* __restrict__ b, T* z, T* p, T* row_max, T*
 template <class T>
 __global__ void softmax_xent(const T* __restrict__ z, const T* __restrict__ p, const T* __restrict__ y,
                              T* delta, const T* row_max, const T* row_sum, T* row_loss,
-                             index_t rows, index_t cols, T scale) {
+                             const T* __restrict__ w, int weighted, index_t rows, index_t cols, T scale) {
     GPUBP_GRID_STRIDE(r, rows) {
         const index_t base = r * cols;
+        const T wr = weighted ? w[r] : T(1);
+        const T row_scale = weighted ? scale * wr : scale;
         T yz = T(0);
         for (index_t k = 0; k < cols; ++k) {
             const T yk = y[base + k];
             yz += yk * z[base + k];
-            delta[base + k] = (p[base + k] - yk) * scale;
+            delta[base + k] = (p[base + k] - yk) * row_scale;
         }
         const T lse = gp_log(row_sum[r]) + row_max[r];
         const T loss = lse - yz;  // >= 0 exactly; rounding of saturated logits must not make it negative
-        row_loss[r] = loss < T(0) ? T(0) : loss;  // (NaN stays NaN for the divergence guard)
+        const T clamped = loss < T(0) ? T(0) : loss;  // (NaN stays NaN for the divergence guard)
+        row_loss[r] = weighted ? clamped * wr : clamped;
     }
 }
 
 template <class T>
 __global__ void bce(const T* __restrict__ z, const T* __restrict__ a, const T* __restrict__ y,
-                    T* delta, T* elem, index_t n, T scale) {
+                    T* delta, T* elem, const T* __restrict__ w, int weighted, index_t n, index_t cols,
+                    T scale) {
     GPUBP_GRID_STRIDE(i, n) {
         const T zi = z[i], yi = y[i];
         const T e = Softplus::forward(zi) - yi * zi;  // >= 0 exactly for y in [0, 1]
-        elem[i] = e < T(0) ? T(0) : e;
-        delta[i] = (a[i] - yi) * scale;
+        const T clamped = e < T(0) ? T(0) : e;
+        if (weighted) {
+            const T wi = w[i / cols];
+            elem[i] = clamped * wi;
+            delta[i] = (a[i] - yi) * (scale * wi);
+        } else {
+            elem[i] = clamped;
+            delta[i] = (a[i] - yi) * scale;
+        }
     }
 }
 
@@ -100,11 +116,17 @@ struct Huber {
 
 template <class T, class L>
 __global__ void pointwise_loss(const T* __restrict__ a, const T* __restrict__ y, T* delta, T* elem,
-                               index_t n, T scale) {
+                               const T* __restrict__ w, int weighted, index_t n, index_t cols, T scale) {
     GPUBP_GRID_STRIDE(i, n) {
         T e, d;
-        L::apply(a[i] - y[i], scale, e, d);
-        elem[i] = e;
+        if (weighted) {
+            const T wi = w[i / cols];
+            L::apply(a[i] - y[i], scale * wi, e, d);
+            elem[i] = e * wi;
+        } else {
+            L::apply(a[i] - y[i], scale, e, d);
+            elem[i] = e;
+        }
         delta[i] = d;
     }
 }

@@ -118,7 +118,7 @@ def test_nan_propagates_like_numpy(kb):
 
 
 # --- output layer and losses ---------------------------------------------------------------------------
-def _reference_loss(loss, z, b, y, dtype):
+def _reference_loss(loss, z, b, y, dtype, weight=None):
     z_ref = z.copy()
     a_ref = np.empty_like(z)
     rows = np.empty((2, z.shape[0], 1), dtype)
@@ -127,11 +127,11 @@ def _reference_loss(loss, z, b, y, dtype):
     else:
         REFERENCE.bias_activation_forward(ACTIVATIONS["identity"], z_ref, b, a_ref, None)
     delta = np.empty_like(z)
-    value = REFERENCE.loss_value_and_delta(loss, z_ref, a_ref, y, delta, np.empty_like(z), rows)
+    value = REFERENCE.loss_value_and_delta(loss, z_ref, a_ref, y, delta, np.empty_like(z), rows, weight)
     return float(value), a_ref, delta
 
 
-def _kernel_loss(kb, loss, z, b, y, dtype):
+def _kernel_loss(kb, loss, z, b, y, dtype, weight=None):
     shape = z.shape
     z_dev = dev(kb, z)
     a_dev = kb.empty(shape, dtype)
@@ -141,7 +141,8 @@ def _kernel_loss(kb, loss, z, b, y, dtype):
     else:
         kb.bias_activation_forward(ACTIVATIONS["identity"], z_dev, dev(kb, b), a_dev, None)
     delta = kb.empty(shape, dtype)
-    value = kb.loss_value_and_delta(loss, z_dev, a_dev, dev(kb, y), delta, kb.empty(shape, dtype), rows)
+    value = kb.loss_value_and_delta(loss, z_dev, a_dev, dev(kb, y), delta, kb.empty(shape, dtype), rows,
+                                    None if weight is None else dev(kb, weight))
     return float(value), host(kb, a_dev), host(kb, delta)
 
 
@@ -170,6 +171,33 @@ def test_loss_value_and_delta(kb, name, shape, dtype, rng):
     assert value == pytest.approx(value_ref, rel=TOL[dtype]["rtol"] * 10, abs=TOL[dtype]["atol"])
     close(a, a_ref, dtype)
     np.testing.assert_allclose(delta, delta_ref, rtol=TOL[dtype]["rtol"],
+                               atol=TOL[dtype]["atol"] * max(np.abs(delta_ref).max(), 1e-30))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (301, 10), (3, 1000)], ids=str)
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_weighted_loss_value_and_delta(kb, name, shape, dtype, rng):
+    """Row weights (mean 1, some 0) in the kernels against the reference, and the reference against the
+    definition: the weighted loss is Σ w·ℓ_row / N, each row of δ is w times the unweighted one."""
+    loss = LOSSES[name]
+    z = rng.normal(0, 2, shape).astype(dtype)
+    b = rng.normal(0, 1, shape[1]).astype(dtype)
+    y = _targets(name, shape, rng, dtype)
+    weight = rng.uniform(0, 3, (shape[0], 1))
+    weight[::4] = 0
+    weight = (weight * shape[0] / max(weight.sum(), 1e-300)).astype(dtype)
+    value_ref, _, delta_ref = _reference_loss(loss, z, b, y, dtype, weight)
+    value, _, delta = _kernel_loss(kb, loss, z, b, y, dtype, weight)
+    assert value == pytest.approx(value_ref, rel=TOL[dtype]["rtol"] * 10, abs=TOL[dtype]["atol"])
+    np.testing.assert_allclose(delta, delta_ref, rtol=TOL[dtype]["rtol"],
+                               atol=TOL[dtype]["atol"] * max(np.abs(delta_ref).max(), 1e-30))
+    # the reference, row by row from its unweighted self
+    rows_loss = [_reference_loss(loss, z[i:i + 1], b, y[i:i + 1], dtype)[0] for i in range(shape[0])]
+    _, _, delta_plain = _reference_loss(loss, z, b, y, dtype)
+    expected = float(np.dot(weight[:, 0].astype(np.float64), rows_loss)) / shape[0]
+    assert value_ref == pytest.approx(expected, rel=TOL[dtype]["rtol"] * 10, abs=TOL[dtype]["atol"])
+    np.testing.assert_allclose(delta_ref, delta_plain * weight, rtol=TOL[dtype]["rtol"],
                                atol=TOL[dtype]["atol"] * max(np.abs(delta_ref).max(), 1e-30))
 
 

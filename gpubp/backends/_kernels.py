@@ -164,6 +164,12 @@ BLOCK = 256
 """Threads per block of the elementwise kernels."""
 
 
+def _weight_args(weight: Any, placeholder: Any) -> tuple[Any, np.int32]:
+    """The ``w, weighted`` kernel arguments: the row weights (contiguous, one per row), or — unweighted —
+    any array the kernel will not read, and 0."""
+    return (placeholder, np.int32(0)) if weight is None else (weight, np.int32(1))
+
+
 class FusedOps:
     """Launches the fused kernels on arrays of one array module and one device, through a function provider.
 
@@ -229,25 +235,28 @@ class FusedOps:
         self._launch(rows, function, (b, z, p, row_max, row_sum, np.int64(rows), np.int64(cols)))
 
     def softmax_xent(self, z: Any, p: Any, y: Any, delta: Any, row_max: Any, row_sum: Any,
-                     row_loss: Any) -> None:
-        """Cross entropy per row into ``row_loss``, ``delta = (p − y)/N``."""
+                     row_loss: Any, weight: Any = None) -> None:
+        """Cross entropy per row into ``row_loss``, ``delta = (p − y)/N``; each row times ``weight`` if given."""
         rows, cols = z.shape
         scalar = z.dtype.type
         function = self._function(z.dtype, "softmax_xent")
-        self._launch(rows, function, (z, p, y, delta, row_max, row_sum, row_loss, np.int64(rows),
-                                      np.int64(cols), scalar(1.0 / max(rows, 1))))
+        self._launch(rows, function, (z, p, y, delta, row_max, row_sum, row_loss, *_weight_args(weight, y),
+                                      np.int64(rows), np.int64(cols), scalar(1.0 / max(rows, 1))))
 
-    def bce(self, z: Any, a: Any, y: Any, delta: Any, elem: Any) -> None:
-        """``elem = softplus(z) − y·z``, ``delta = (a − y)/M``."""
+    def bce(self, z: Any, a: Any, y: Any, delta: Any, elem: Any, weight: Any = None) -> None:
+        """``elem = softplus(z) − y·z``, ``delta = (a − y)/M``; each row times ``weight`` if given."""
         scalar = z.dtype.type
         function = self._function(z.dtype, "bce")
-        self._launch(z.size, function, (z, a, y, delta, elem, np.int64(z.size), scalar(1.0 / max(z.size, 1))))
+        self._launch(z.size, function, (z, a, y, delta, elem, *_weight_args(weight, y), np.int64(z.size),
+                                        np.int64(max(z.shape[1], 1)), scalar(1.0 / max(z.size, 1))))
 
-    def pointwise_loss(self, loss: str, a: Any, y: Any, delta: Any, elem: Any) -> None:
-        """``elem`` = the loss of each element, ``delta`` = ∂L/∂a (mse, l1, huber; mean reduction)."""
+    def pointwise_loss(self, loss: str, a: Any, y: Any, delta: Any, elem: Any, weight: Any = None) -> None:
+        """``elem`` = the loss of each element, ``delta`` = ∂L/∂a (mse, l1, huber; mean reduction); each row
+        times ``weight`` if given."""
         scalar = a.dtype.type
         function = self._function(a.dtype, "pointwise_loss", POINTWISE_LOSSES[loss])
-        self._launch(a.size, function, (a, y, delta, elem, np.int64(a.size), scalar(1.0 / max(a.size, 1))))
+        self._launch(a.size, function, (a, y, delta, elem, *_weight_args(weight, y), np.int64(a.size),
+                                        np.int64(max(a.shape[1], 1)), scalar(1.0 / max(a.size, 1))))
 
     def one_hot(self, labels: Any, out: Any) -> None:
         rows, cols = out.shape

@@ -162,9 +162,13 @@ class Backend:
         loss.output(self.xp, z, a, tmp, rows)
 
     def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array,
-                             tmp: Array, rows: Array) -> Array:
-        """The loss as a 0-d array; writes the output error into ``delta`` (BP1)."""
-        return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows))
+                             tmp: Array, rows: Array, weight: Array | None = None) -> Array:
+        """The loss as a 0-d array; writes the output error into ``delta`` (BP1).
+
+        ``weight``: None, or ``(N, 1)`` row weights of mean 1 (see :mod:`gpubp.losses`)."""
+        if weight is None:  # (the losses of users' own code may not know the argument)
+            return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows))
+        return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows, weight))
 
     # --- divergence guard ---------------------------------------------------------------------
     def nonfinite_flag(self, values: Array, loss: Array, flag: Array, carry: Array | None = None) -> None:

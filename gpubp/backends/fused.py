@@ -98,19 +98,19 @@ class FusedBackend(Backend):
 
     # --- loss and backward --------------------------------------------------------------------------
     def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array, tmp: Array,
-                             rows: Array) -> Array:
+                             rows: Array, weight: Array | None = None) -> Array:
         if not self._kernel_loss(loss):
-            return super().loss_value_and_delta(loss, z, a, y, delta, tmp, rows)
+            return super().loss_value_and_delta(loss, z, a, y, delta, tmp, rows, weight)
         if loss.name == "cross_entropy":  # rows[0], rows[1] hold the max and Σ exp from bias_softmax
             n = z.shape[0]
             row_loss = tmp.reshape(-1)[:n]  # not rows[1]: the loss can be computed again after one forward
-            self.ops.softmax_xent(z, a, y, delta, rows[0], rows[1], row_loss)
+            self.ops.softmax_xent(z, a, y, delta, rows[0], rows[1], row_loss, weight)
             return self.xp.asarray(row_loss.sum() * (1.0 / max(n, 1)))
         if loss.name == "bce":
-            self.ops.bce(z, a, y, delta, tmp)
+            self.ops.bce(z, a, y, delta, tmp, weight)
         else:
             assert loss.name in POINTWISE_LOSSES
-            self.ops.pointwise_loss(loss.name, a, y, delta, tmp)
+            self.ops.pointwise_loss(loss.name, a, y, delta, tmp, weight)
         return self.xp.asarray(tmp.sum() * (1.0 / max(tmp.size, 1)))
 
     def activation_backward(self, activation: Activation, delta: Array, z: Array, a: Array,

@@ -112,8 +112,9 @@ class BackendSpec(Protocol):
 
     # --- loss and backward: BP1–BP4
     def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array, tmp: Array,
-                             rows: Array) -> Array:
-        """The loss (0-d array); overwrites ``delta`` with ∂L/∂A[L] or the fused δ[L] (BP1). Idempotent."""
+                             rows: Array, weight: Array | None = None) -> Array:
+        """The loss (0-d array); overwrites ``delta`` with ∂L/∂A[L] or the fused δ[L] (BP1). Idempotent.
+        ``weight``: None, or ``(N, 1)`` row weights scaled to mean 1: the weighted mean loss."""
 
     def activation_backward(self, activation: Activation, delta: Array, z: Array, a: Array, tmp: Array,
                             tmp2: Array) -> None:
