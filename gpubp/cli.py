@@ -1,8 +1,9 @@
-"""The ``gpubp`` command: ``gpubp info``, ``gpubp train`` and ``gpubp bench``."""
+"""The ``gpubp`` command: ``gpubp info``, ``train``, ``bench``, ``selftest`` and ``export``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -15,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from . import benchmark, data, datasets, inputs, optim, selftest
+from . import benchmark, data, datasets, inputs, onnx, optim, selftest
 from ._version import __version__
 from .activations import ACTIVATIONS
 from .backends import _kernels, available_backends, cupy_status, get_backend
 from .errors import GpubpError, GpubpValueError, OptionalDependencyError
 from .history import History
+from .io import load
 from .mlp import MLP
 from .plot import plot_history
 from .serialization import check_output_path, read_metadata
@@ -47,8 +49,37 @@ def _info(args: argparse.Namespace) -> int:
         lines.append(f"device: {backend.device_name()}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)")
     lines.append(_kernel_line(usable))
     lines.append(f"auto picks: {get_backend('auto').name}")
+    lines += extras_lines()
     print("\n".join(lines))
     return 0
+
+
+EXTRAS = {
+    "cuda": (("cupy-cuda13x", "cupy-cuda12x", "cupy"), 'pip install "gpubp[cuda12]" or "gpubp[cuda13]"'),
+    "plot": (("matplotlib",), 'pip install "gpubp[plot]"'),
+    "mpi": (("mpi4py", "mpich"), "mpi4py; gpubp does not train across processes yet"),
+    "sklearn": (("scikit-learn",), 'pip install "gpubp[sklearn]"'),
+    "onnx": (("onnx", "onnxruntime"), 'pip install "gpubp[onnx]"'),
+}
+"""Optional features: the distributions that provide each (the first of cuda's found is CuPy), and how to get it."""
+
+
+def extras_lines() -> list[str]:
+    """One line per optional extra: the installed distributions with their versions, or "not installed"
+    (read from the installed packages' metadata; nothing is imported)."""
+    lines = ["extras:"]
+    for extra, (distributions, hint) in EXTRAS.items():
+        found = []
+        for name in distributions:
+            try:
+                found.append(f"{name} {importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            if extra == "cuda":  # one CuPy is enough
+                break
+        installed = ", ".join(found) if found else f"not installed ({hint})"
+        lines.append(f"  {extra}: {installed}")
+    return lines
 
 
 def _kernel_line(compile_them: bool) -> str:
@@ -259,6 +290,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    check_output("--onnx", args.onnx, ".onnx")
+    onnx.onnx_module()  # the missing extra is said before the model is read
+    net = load(args.model, backend="numpy")
+    path = net.to_onnx(args.onnx, args.opset)
+    print(f"wrote {path}: {list(net.sizes)} {net.dtype.name}, output {net.output_activation}, opset {args.opset}")
+    return 0
+
+
 def _selftest(args: argparse.Namespace) -> int:
     check_output("--json", args.json, ".json")
     backend = get_backend(args.backend)
@@ -284,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(commands)
     _add_bench(commands)
+    export = commands.add_parser("export", help="write a saved model (or a checkpoint's network) as ONNX",
+                                 description="Convert a model written by MLP.save or gpubp train --save (or the "
+                                             "network of a checkpoint) to an ONNX model that computes predict: "
+                                             "probabilities for cross_entropy/bce, outputs otherwise.")
+    export.add_argument("model", metavar="MODEL.npz", help="the model or checkpoint file")
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    export.add_argument("--opset", type=int, default=onnx.DEFAULT_OPSET,
+                        help=f"ONNX opset, {onnx.MIN_OPSET} or newer; default: %(default)s")
+    export.set_defaults(run=_export)
     check = commands.add_parser(
         "selftest", help="prove that a backend computes what the NumPy reference does, on this machine",
         description="Run every fused operation, 50 training steps and the memory, synchronisation and "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as check
-from . import inputs, serialization, training
+from . import inputs, onnx, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
 from .errors import GpubpTypeError, GpubpValueError
@@ -199,6 +199,11 @@ class MLP:
     def save(self, path: Any) -> None:
         """Write architecture and weights to ``path`` (``.npz`` with JSON metadata; atomic)."""
         serialization.write_model(path, self.config(), self.backend.to_host(self.params))
+
+    def to_onnx(self, path: Any, opset: int = onnx.DEFAULT_OPSET) -> Any:
+        """Write this network as an ONNX model computing :meth:`predict` (needs ``gpubp[onnx]``; see
+        :mod:`gpubp.onnx`); returns the path written."""
+        return onnx.export_network(self, path, opset)
 
     # --- the step surface: what training, gradcheck and the benchmark drive ---------------------------
     def check_x(self, X: Any, name: str = "X") -> Array:

@@ -18,7 +18,7 @@ import secrets
 import stat
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -78,7 +78,14 @@ def check_model_config(source: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_npz(path: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
-    """Write ``arrays`` and a JSON ``metadata`` string to an ``.npz`` at ``path``, atomically.
+    """Write ``arrays`` and a JSON ``metadata`` string to an ``.npz`` at ``path``, atomically
+    (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda handle: np.savez(handle, metadata=np.array(json.dumps(metadata)),
+                                                      **arrays))  # type: ignore[arg-type]
+
+
+def write_atomic(path: Any, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write a file at ``path`` with ``write(handle)``, atomically.
 
     The bytes go to a temporary file in the same directory, which is flushed
     and fsynced, then renamed over ``path`` (and the directory fsynced), so at
@@ -99,7 +106,7 @@ def write_npz(path: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
         if target.exists():  # overwriting keeps the file's permissions, as writing into it would
             os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, metadata=np.array(json.dumps(metadata)), **arrays)  # type: ignore[arg-type]
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)

@@ -1,0 +1,560 @@
+"""scikit-learn estimators trained by gpubp: :class:`MLPClassifier` and :class:`MLPRegressor`.
+
+Drop-in replacements for ``sklearn.neural_network.MLPClassifier``/``MLPRegressor`` with the
+``adam`` and ``sgd`` solvers: the same parameters (where the meaning matches), the same
+fitted attributes, the same stopping rules, scikit-learn's input validation and estimator
+checks; the training itself is :meth:`gpubp.MLP.fit` (on the GPU when one is usable).
+Needs the optional extra ``gpubp[sklearn]``; ``import gpubp`` never imports scikit-learn.
+
+How scikit-learn's settings map onto gpubp's (each exact unless said):
+
+* The loss scikit-learn reports and differentiates is ``s`` times smaller than gpubp's mean loss:
+  ``s = 2`` for ``squared_error`` (½·MSE), ``1/K`` for K-label classification (a sum over the
+  labels, mean over samples), 1 otherwise. The estimator reports scikit-learn's value
+  (``loss_``, ``loss_curve_``) and trains on exactly scikit-learn's objective by scaling
+  ``sgd``'s learning rate by ``1/s`` and ``adam``'s ε and every weight decay by ``s``.
+* ``alpha`` (the L2 penalty ½·α·‖W‖² per batch weight sum) is a weight decay of
+  ``α / (batch_size · mean sample weight)`` in the update: exact for full batches; for minibatches
+  scikit-learn divides by each batch's own weight sum, gpubp by its expected value. gpubp
+  decays the intercepts too (scikit-learn does not). ``loss_`` adds the penalty of the weights at
+  the end of each epoch.
+* ``learning_rate`` (``sgd`` only, as in scikit-learn): ``invscaling`` sets the rate to
+  ``learning_rate_init / (t + 1)^power_t`` after each epoch (t = samples seen), ``adaptive``
+  divides it by 5 where scikit-learn would stop. gpubp's momentum is PyTorch's
+  (``v = μv + g``, ``θ -= η·v``): the same as scikit-learn's while the rate is constant; when
+  it changes, scikit-learn's velocity keeps the old rate.
+* ``early_stopping`` holds out ``validation_fraction`` (stratified for single-label classifiers
+  where every class has two samples and room in both parts; scikit-learn stratifies two classes only),
+  scores it each epoch (accuracy or R², weighted), and keeps the best weights.
+* Sample weights give the weighted mean loss (see :mod:`gpubp.losses`).
+* ``dtype=None`` trains in the input's precision (float32 stays float32; everything else float64),
+  as scikit-learn does; ``dtype="float32"`` is the fast choice on a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, get_backend
+from .errors import BackendUnavailableError, GpubpWarning, OptionalDependencyError
+from .mlp import MLP
+from .onnx import export_network
+from .optim import SGD, Adam, Optimizer
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
+    raise OptionalDependencyError(
+        f"gpubp.sklearn needs scikit-learn >= 1.6 ({error}); install it with: pip install \"gpubp[sklearn]\""
+    ) from None
+
+ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+"""scikit-learn's activation names → gpubp's; gpubp's own names (gelu, silu, …) are accepted as they are."""
+GPUBP_ACTIVATIONS = ("sigmoid", "leaky_relu", "gelu", "silu", "softplus", "elu")
+SOLVERS = ("adam", "sgd")
+LEARNING_RATES = ("constant", "invscaling", "adaptive")
+REGRESSION_LOSSES = {"squared_error": "mse", "mse": "mse", "l1": "l1", "huber": "huber"}
+SMALLEST_ADAPTIVE_LR = 1e-6
+"""``learning_rate="adaptive"`` stops instead of dividing once the rate is this small (scikit-learn's rule)."""
+
+
+class _MLPEstimator(BaseEstimator):
+    """What the classifier and the regressor share: parameters, the training run, pickling, export."""
+
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, solver: str = "adam",
+                 alpha: float = 0.0001, batch_size: Any = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Any = None, tol: float = 1e-4, verbose: bool = False, warm_start: bool = False,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, backend: Any = "auto", dtype: Any = None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.backend = backend
+        self.dtype = dtype
+
+    # --- what the subclasses define ------------------------------------------------------------------------
+    _is_classifier = False
+
+    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> np.ndarray:
+        """The targets as gpubp trains on them; on the first pass also sets ``n_outputs_``, the loss and more."""
+        raise NotImplementedError
+
+    def _validation_score(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> float:
+        raise NotImplementedError
+
+    # --- parameters ----------------------------------------------------------------------------------------
+    def _check_params(self) -> tuple[list[int], str]:
+        """The hidden sizes and gpubp's activation name; every parameter checked, naming the first bad one."""
+        given = self.hidden_layer_sizes
+        sizes: list[Any] = [given] if np.isscalar(given) else list(given)
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        activation = self.activation if self.activation in GPUBP_ACTIVATIONS else ACTIVATION_NAMES.get(self.activation)
+        if activation is None:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATION_NAMES) + list(GPUBP_ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)} (gpubp has no 'lbfgs'), got {self.solver!r}")
+        if self.learning_rate not in LEARNING_RATES:
+            raise ValueError(f"learning_rate must be one of {list(LEARNING_RATES)}, got {self.learning_rate!r}")
+        _number("alpha", self.alpha, low=0.0)
+        _number("learning_rate_init", self.learning_rate_init, low=0.0, strict=True)
+        _number("power_t", self.power_t, low=0.0)
+        _number("tol", self.tol, low=0.0)
+        _number("momentum", self.momentum, low=0.0, high=1.0)
+        _number("validation_fraction", self.validation_fraction, low=0.0, high=1.0, strict=True, open_high=True)
+        for name in ("beta_1", "beta_2"):
+            _number(name, getattr(self, name), low=0.0, high=1.0, open_high=True)
+        _number("epsilon", self.epsilon, low=0.0, strict=True)
+        for name in ("max_iter", "n_iter_no_change"):
+            _integer(name, getattr(self, name))
+        if not (self.batch_size == "auto" or (isinstance(self.batch_size, (int, np.integer))
+                                              and not isinstance(self.batch_size, bool) and self.batch_size > 0)):
+            raise ValueError(f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
+        if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
+            raise ValueError(f"dtype must be None (the input's precision), 'float32' or 'float64', got {self.dtype!r}")
+        return [int(s) for s in sizes], activation
+
+    def _batch_size(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; it is clipped "
+                          f"to {n}", UserWarning, stacklevel=4)
+        return int(min(self.batch_size, n))
+
+    # --- fit ------------------------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """Train for up to ``max_iter`` epochs (from new weights unless ``warm_start``); returns self."""
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def _validate(self, X: Any, y: Any, sample_weight: Any, first_pass: bool) -> tuple[Any, Any, Any]:
+        X, y = validate_data(self, X, y, reset=first_pass, dtype=[np.float64, np.float32], multi_output=True,
+                             y_numeric=not self._is_classifier)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        return X, y, sample_weight
+
+    def _fit(self, X: Any, y: Any, sample_weight: Any, incremental: bool, classes: Any = None) -> Any:
+        hidden, activation = self._check_params()
+        first_pass = not hasattr(self, "net_") or (not self.warm_start and not incremental)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        X, y, sample_weight = self._validate(X, y, sample_weight, first_pass)
+        targets = self._encode_targets(y, first_pass, classes)
+        if first_pass:
+            self._random_state = check_random_state(self.random_state)
+            self._build(X, hidden, activation)
+        elif list(self.net_.sizes[1:-1]) != hidden:
+            raise ValueError(f"hidden_layer_sizes changed from {list(self.net_.sizes[1:-1])} to {hidden} since the "
+                             f"last fit; warm_start and partial_fit continue the same network")
+        x_train, y_train, w_train, validation = self._split(X, targets, y, sample_weight)
+        batch_size = self._batch_size(x_train.shape[0])
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer(batch_size, w_train)
+        seed = int(self._random_state.randint(np.iinfo(np.int32).max))
+        epochs = 1 if incremental else self.max_iter
+        run = _Epochs(self, validation, x_train.shape[0], batch_size * _mean(w_train))
+        self.net_.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=self._optimizer,
+                      shuffle=bool(self.shuffle), progress=False, seed=seed, lr_schedule=run.learning_rate,
+                      sample_weight=w_train, callback=run.end_of_epoch)
+        run.finish(incremental)
+        return self
+
+    def _build(self, X: np.ndarray, hidden: list[int], activation: str) -> None:
+        """A new network (the first pass): initialised from ``random_state``; counters reset."""
+        dtype = self.dtype if self.dtype is not None else ("float32" if X.dtype == np.float32 else "float64")
+        seed = int(self._random_state.randint(np.iinfo(np.int32).max))
+        self.net_ = MLP([X.shape[1], *hidden, self.n_outputs_], activation=activation, loss=self._loss_name,
+                        backend=self.backend, dtype=np.dtype(dtype).name, seed=seed)
+        self.n_layers_ = len(hidden) + 2
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.loss_curve_: list[float] = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_: list[float] | None = []
+            self.best_validation_score_: float | None = -np.inf
+            self.best_loss_: float | None = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+        if hasattr(self, "_optimizer"):
+            del self._optimizer
+
+    def _split(self, X: np.ndarray, targets: np.ndarray, y: np.ndarray,
+               weight: np.ndarray | None) -> tuple[Any, Any, Any, Any]:
+        """Training arrays and, with ``early_stopping``, the held-out ``(X, y, weight)`` scored each epoch."""
+        if not self.early_stopping:
+            return X, targets, weight, None
+        stratify = y if self._is_classifier and y.ndim == 1 and _stratifiable(y, self.validation_fraction) else None
+        arrays = [X, targets, y] + ([weight] if weight is not None else [])
+        parts = train_test_split(*arrays, random_state=self._random_state, test_size=self.validation_fraction,
+                                 stratify=stratify)
+        x_train, x_val, t_train, _, _, y_val = parts[:6]
+        w_train, w_val = (parts[6], parts[7]) if weight is not None else (None, None)
+        if x_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             "your dataset.")
+        return x_train, t_train, w_train, (x_val, y_val, w_val)
+
+    def _new_optimizer(self, batch_size: int, weight: np.ndarray | None) -> Optimizer:
+        """scikit-learn's solver on gpubp's loss scale (see the module's notes)."""
+        s = self._loss_scale
+        decay = self.alpha * s / (batch_size * _mean(weight))
+        self._learning_rate = float(self.learning_rate_init)
+        if self.solver == "adam":
+            return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon * s,
+                        weight_decay=decay)
+        return SGD(lr=self.learning_rate_init / s, momentum=self.momentum,
+                   nesterov=bool(self.nesterovs_momentum) and self.momentum > 0, weight_decay=decay)
+
+    # --- fitted attributes ------------------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "net_")
+
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        """The weight matrices ``(fan_in, fan_out)`` (copies; change weights with ``net_.set_weights``)."""
+        check_is_fitted(self)
+        return self.net_.get_weights()[0::2]
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        """The bias vectors (copies)."""
+        check_is_fitted(self)
+        return self.net_.get_weights()[1::2]
+
+    @property
+    def loss_(self) -> float:
+        """The last epoch's training loss, scikit-learn's definition (penalty included)."""
+        check_is_fitted(self)
+        return self.loss_curve_[-1]
+
+    def _forward(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self.net_.predict(X)
+
+    # --- pickling and export ------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Host copies of the network and the optimizer's state: no device array is pickled."""
+        state = dict(super().__getstate__())
+        net = state.pop("net_", None)
+        if net is not None:
+            state["net_"] = {"config": net.config(), "params": net.backend.to_host(net.params)}
+            optimizer = state.pop("_optimizer", None)
+            if optimizer is not None and optimizer.steps > 0:
+                state["_optimizer"] = optimizer.export_state(net.backend)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuilt on this machine's backend: the pickled one, or NumPy (with a warning) when it is not here."""
+        net, optimizer = state.pop("net_", None), state.pop("_optimizer", None)
+        super().__setstate__(state)
+        if net is None:
+            return
+        self.net_ = MLP.from_config(net["config"], net["params"], _unpickling_backend(self.backend))
+        if optimizer is not None:
+            meta, arrays = optimizer
+            self._optimizer = Optimizer.from_state(self.net_.backend, self.net_.params, meta, arrays)
+
+    def to_onnx(self, path: Any) -> Any:
+        """Write the fitted network as ONNX (see :func:`gpubp.onnx.export_network`); returns the path."""
+        check_is_fitted(self)
+        return export_network(self.net_, path)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class _Epochs:
+    """One ``fit``/``partial_fit`` call's epochs, as scikit-learn counts and judges them: ``loss_curve_``,
+    the stopping rule on ``tol``/``n_iter_no_change``, early stopping's validation scores and best weights,
+    and the learning-rate schedules. Driven by :meth:`gpubp.MLP.fit` through its ``callback``."""
+
+    def __init__(self, estimator: _MLPEstimator, validation: Any, n_train: int, penalty_divisor: float) -> None:
+        self.estimator, self.validation, self.n_train = estimator, validation, n_train
+        self.penalty_scale = 0.5 * estimator.alpha / penalty_divisor
+        self.stopped = False
+        self.best_params: Any = None
+
+    def learning_rate(self, epoch: int) -> float:
+        """The current rate in gpubp's units (``sgd`` divides by the loss scale; ``adam``'s stays fixed)."""
+        est = self.estimator
+        if est.solver == "adam":
+            return float(est.learning_rate_init)
+        return est._learning_rate / est._loss_scale
+
+    def _penalty(self) -> float:
+        if not self.penalty_scale:
+            return 0.0
+        net = self.estimator.net_
+        xp = net.backend.xp
+        return self.penalty_scale * float(sum(xp.vdot(w.ravel(), w.ravel()) for w in net.weights))
+
+    def end_of_epoch(self, epoch: int, record: dict[str, float]) -> bool:
+        """Record the epoch as scikit-learn does; True to stop."""
+        est = self.estimator
+        loss = record["loss"] / est._loss_scale + self._penalty()
+        est.n_iter_ += 1
+        est.t_ += self.n_train
+        est.loss_curve_.append(loss)
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {loss:.8f}", file=sys.stdout, flush=True)
+        self._judge(loss)
+        if est.solver == "sgd" and est.learning_rate == "invscaling":
+            est._learning_rate = est.learning_rate_init / (est.t_ + 1) ** est.power_t
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if self.validation is not None else "Training loss"
+            message = f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} consecutive epochs."
+            if est.solver == "sgd" and est.learning_rate == "adaptive" and est._learning_rate > SMALLEST_ADAPTIVE_LR:
+                est._learning_rate /= 5.0
+                est._no_improvement_count = 0
+                if est.verbose:
+                    print(f"{message} Setting learning rate to {est._learning_rate:f}", flush=True)
+            else:
+                if est.verbose:
+                    print(f"{message} Stopping.", flush=True)
+                self.stopped = True
+        return self.stopped
+
+    def _judge(self, loss: float) -> None:
+        """scikit-learn's improvement count: on the validation score with early stopping, else on the loss."""
+        est = self.estimator
+        if self.validation is None:
+            assert est.best_loss_ is not None
+            est._no_improvement_count = est._no_improvement_count + 1 if loss > est.best_loss_ - est.tol else 0
+            est.best_loss_ = min(est.best_loss_, loss)
+            return
+        assert est.validation_scores_ is not None and est.best_validation_score_ is not None
+        x_val, y_val, w_val = self.validation
+        score = est._validation_score(x_val, y_val, w_val)
+        est.validation_scores_.append(score)
+        if est.verbose:
+            print(f"Validation score: {score:f}", flush=True)
+        est._no_improvement_count = (est._no_improvement_count + 1 if score < est.best_validation_score_ + est.tol
+                                     else 0)
+        if score > est.best_validation_score_:
+            est.best_validation_score_ = score
+            net = est.net_
+            if self.best_params is None:
+                self.best_params = net.backend.empty(net.params.shape, net.params.dtype)
+            net.backend.copy_into(self.best_params, net.params)
+
+    def finish(self, incremental: bool) -> None:
+        """After the run: the best weights back (early stopping); the warning scikit-learn gives at max_iter."""
+        est = self.estimator
+        if self.best_params is not None:
+            est.net_.backend.copy_into(est.net_.params, self.best_params)
+        if not incremental and not self.stopped:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached and the optimization "
+                          f"hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+
+
+class MLPClassifier(ClassifierMixin, _MLPEstimator):
+    """scikit-learn's ``MLPClassifier`` trained by gpubp (``adam`` or ``sgd``; see the module's notes).
+
+    Two classes: one sigmoid output (``bce``); more: softmax outputs (``cross_entropy``); a 2-D
+    0/1 target: multi-label, one sigmoid per label. ``classes_`` holds the labels (any sortable
+    type); ``net_`` is the trained :class:`gpubp.MLP`.
+    """
+
+    _is_classifier = True
+
+    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> np.ndarray:
+        multilabel = type_of_target(y) == "multilabel-indicator"
+        if not multilabel:
+            check_classification_targets(y)
+        if first_pass:
+            self._set_classes(y, multilabel, classes)
+        elif multilabel != self._multilabel:
+            raise ValueError("y changed between multi-label and single-label since the last fit")
+        if self._multilabel:
+            if y.shape[1] != len(self.classes_):
+                raise ValueError(f"y has {y.shape[1]} labels, the network was fitted on {len(self.classes_)}")
+            return np.asarray(y, dtype=np.float64)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y has classes {unknown.tolist()} that are not in classes_ {self.classes_.tolist()}"
+                             + ("; pass every class with classes= on the first partial_fit" if not first_pass else ""))
+        index = np.searchsorted(self.classes_, y)
+        if len(self.classes_) == 2:
+            return index.astype(np.float64).reshape(-1, 1)
+        return index.astype(np.int64)
+
+    def _set_classes(self, y: Any, multilabel: bool, classes: Any) -> None:
+        self._multilabel = multilabel
+        if multilabel:
+            self.classes_ = np.arange(y.shape[1])
+        else:
+            self.classes_ = np.unique(y if classes is None else np.asarray(classes))
+            if len(self.classes_) < 2:
+                raise ValueError(f"y has one class ({self.classes_[0]!r}); a classifier needs at least 2 classes")
+        two = not multilabel and len(self.classes_) == 2
+        self.n_outputs_ = 1 if two else len(self.classes_)
+        self._loss_name = "cross_entropy" if not multilabel and not two else "bce"
+        self.out_activation_ = "softmax" if self._loss_name == "cross_entropy" else "logistic"
+        self._loss_scale = 1.0 / self.n_outputs_ if multilabel else 1.0
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> Any:
+        """One epoch over ``(X, y)``; the first call needs ``classes`` (every label there will be), unless
+        ``y`` is multi-label."""
+        if not hasattr(self, "net_") and classes is None and type_of_target(y) != "multilabel-indicator":
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)`` (for multi-label: each label's probability)."""
+        probabilities = self._forward(X)
+        if self.n_outputs_ == 1 and not self._multilabel:
+            return np.hstack([1.0 - probabilities, probabilities])
+        return probabilities
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each sample (multi-label: a 0/1 row, each label above 0.5)."""
+        probabilities = self._forward(X)
+        if self._multilabel:
+            return (probabilities > 0.5).astype(int)
+        if self.n_outputs_ == 1:
+            return self.classes_[(probabilities[:, 0] > 0.5).astype(int)]
+        return self.classes_[np.argmax(probabilities, axis=1)]
+
+    def _validation_score(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> float:
+        return float(accuracy_score(y, self.predict(X), sample_weight=weight))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _MLPEstimator):
+    """scikit-learn's ``MLPRegressor`` trained by gpubp (identity outputs; see the module's notes).
+
+    ``loss``: ``"squared_error"`` (scikit-learn's, ½·MSE; ``"mse"`` is the same), ``"l1"`` or
+    ``"huber"`` (gpubp's, δ = 1). Several target columns train one output each.
+    """
+
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, loss: str = "squared_error",
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: Any = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Any = None, tol: float = 1e-4, verbose: bool = False, warm_start: bool = False,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, backend: Any = "auto", dtype: Any = None):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
+            batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
+            power_t=power_t, max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+            verbose=verbose, warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, backend=backend, dtype=dtype)
+        self.loss = loss
+
+    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> np.ndarray:
+        if self.loss not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {self.loss!r}")
+        targets = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
+        if first_pass:
+            self.n_outputs_ = targets.shape[1]
+            self._loss_name = REGRESSION_LOSSES[self.loss]
+            self._loss_scale = 2.0 if self._loss_name == "mse" else 1.0
+            self.out_activation_ = "identity"
+        elif targets.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {targets.shape[1]} target columns, the network was fitted on {self.n_outputs_}")
+        return targets
+
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """One epoch over ``(X, y)``, continuing the network and the optimizer's state; returns self."""
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The network's outputs: ``(n,)`` for one target, ``(n, n_outputs)`` for several."""
+        output = self._forward(X)
+        return output.ravel() if output.shape[1] == 1 else output
+
+    def _validation_score(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> float:
+        return float(r2_score(y, self.predict(X), sample_weight=weight))
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+def _stratifiable(y: np.ndarray, fraction: float) -> bool:
+    """Whether a stratified split can hold out ``fraction`` of ``y``: every class twice, and room for each."""
+    _, counts = np.unique(y, return_counts=True)
+    n_val = int(np.ceil(fraction * y.shape[0]))
+    return bool(counts.min() >= 2 and len(counts) <= n_val <= y.shape[0] - len(counts))
+
+
+def _mean(weight: np.ndarray | None) -> float:
+    return 1.0 if weight is None else float(np.mean(weight))
+
+
+def _number(name: str, value: Any, low: float, high: float | None = None, *, strict: bool = False,
+            open_high: bool = False) -> None:
+    """``value`` a real number in [low, high] (``strict``: above ``low``; ``open_high``: below ``high``)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok:
+        ok = (value > low if strict else value >= low) and (
+            high is None or (value < high if open_high else value <= high))
+    if not ok:
+        bounds = f"{'(' if strict else '['}{low}, {'∞)' if high is None else str(high) + (')' if open_high else ']')}"
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
+
+
+def _integer(name: str, value: Any) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _unpickling_backend(backend: Any) -> Any:
+    """The estimator's backend if this machine has it, else NumPy with a :class:`GpubpWarning`."""
+    if isinstance(backend, Backend) or backend not in ("cupy", "gpu", "cuda"):
+        return backend
+    try:
+        return get_backend(backend)
+    except BackendUnavailableError as error:
+        warnings.warn(f"this estimator was fitted with backend={backend!r}, which is not available here ({error}); "
+                      f"it runs on NumPy", GpubpWarning, stacklevel=3)
+        return "numpy"

@@ -1,0 +1,307 @@
+"""gpubp.sklearn: scikit-learn's own estimator checks, the mapping of scikit-learn's objective onto gpubp's,
+the ecosystem (Pipeline, GridSearchCV, cross_val_score, clone, pickle), and the fitted attributes."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_digits, make_classification, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from gpubp.errors import GpubpWarning  # noqa: E402
+from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+FLOAT32_EQUIVALENCE = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "float32 training: the check's rtol=1e-7 is below float32's resolution (1.2e-7); the float64 "
+        "estimators pass it",
+}
+
+
+def _expected_failures(estimator):
+    return FLOAT32_EQUIVALENCE if estimator.dtype == "float32" else {}
+
+
+@parametrize_with_checks([
+    MLPClassifier(backend="numpy"),
+    MLPRegressor(backend="numpy"),
+    MLPClassifier(backend="numpy", solver="sgd", learning_rate_init=0.01, nesterovs_momentum=False, activation="tanh"),
+    MLPRegressor(backend="numpy", solver="sgd", learning_rate="adaptive", loss="huber", activation="gelu"),
+    MLPClassifier(backend="numpy", dtype="float32"),
+    MLPRegressor(backend="numpy", dtype="float32"),
+], expected_failed_checks=_expected_failures)
+def test_scikit_learn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+# --- scikit-learn's objective, step by step, against a NumPy oracle written here -------------------------------
+def _one_hidden_layer(X, coefs, intercepts):
+    hidden = np.tanh(X @ coefs[0] + intercepts[0])
+    return hidden, hidden @ coefs[1] + intercepts[1]
+
+
+def _sklearn_regression_gradient(X, y, coefs, intercepts, alpha):
+    """∇ of scikit-learn's ½·mean((y − ŷ)²) + ½·α·‖W‖²/n (tanh hidden layer, identity output),
+    with gpubp's decay of the intercepts (α·b/n) added: the one documented difference."""
+    n = X.shape[0]
+    hidden, output = _one_hidden_layer(X, coefs, intercepts)
+    delta_out = (output - y.reshape(n, -1)) / (n * output.shape[1])
+    delta_hidden = (delta_out @ coefs[1].T) * (1 - hidden ** 2)
+    grads_w = [X.T @ delta_hidden + alpha * coefs[0] / n, hidden.T @ delta_out + alpha * coefs[1] / n]
+    grads_b = [delta_hidden.sum(0) + alpha * intercepts[0] / n, delta_out.sum(0) + alpha * intercepts[1] / n]
+    return grads_w, grads_b
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_sgd_step_is_scikit_learns_step_on_its_own_objective(alpha, rng):
+    X, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 2))
+    est = MLPRegressor((5,), activation="tanh", solver="sgd", momentum=0.0, learning_rate_init=0.05, alpha=alpha,
+                       batch_size=30, shuffle=False, random_state=0, backend="numpy")
+    est.partial_fit(X, y)
+    coefs, intercepts = est.coefs_, est.intercepts_
+    grads_w, grads_b = _sklearn_regression_gradient(X, y, coefs, intercepts, alpha)
+    est.partial_fit(X, y)
+    for before, grad, after in zip(coefs + intercepts, grads_w + grads_b, est.coefs_ + est.intercepts_):
+        np.testing.assert_allclose(after, before - 0.05 * grad, rtol=1e-10, atol=1e-13)
+    hidden, output = _one_hidden_layer(X, coefs, intercepts)
+    penalty = 0.5 * alpha * sum((c ** 2).sum() for c in est.coefs_) / 30  # of the weights after the epoch
+    assert est.loss_curve_[-1] == pytest.approx(0.5 * ((y - output) ** 2).mean() + penalty, rel=1e-10)
+
+
+def test_adam_first_step_uses_scikit_learns_epsilon_on_its_objective(rng):
+    """Adam's first step is −η·g/(|g| + ε): with a large ε it shows whether g is scikit-learn's gradient."""
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
+    est = MLPRegressor((4,), activation="tanh", learning_rate_init=0.01, epsilon=0.05, alpha=0.0, batch_size=20,
+                       shuffle=False, random_state=1, backend="numpy", max_iter=1)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, y)
+    coefs, intercepts = est.coefs_, est.intercepts_
+    est.set_params(warm_start=True)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, y)  # a new optimizer: its first step again
+    grads_w, grads_b = _sklearn_regression_gradient(X, y, coefs, intercepts, 0.0)
+    for before, grad, after in zip(coefs + intercepts, grads_w + grads_b, est.coefs_ + est.intercepts_):
+        np.testing.assert_allclose(after, before - 0.01 * grad / (np.abs(grad) + 0.05), rtol=1e-9, atol=1e-13)
+
+
+def test_multilabel_loss_is_scikit_learns_sum_over_labels(rng):
+    X = rng.normal(size=(40, 3))
+    Y = (rng.uniform(size=(40, 4)) > 0.5).astype(int)
+    est = MLPClassifier((6,), activation="tanh", alpha=0.0, batch_size=40, shuffle=False, random_state=0,
+                        backend="numpy")
+    est.partial_fit(X, Y)
+    probabilities = est.predict_proba(X)
+    est.partial_fit(X, Y)
+    expected = -(Y * np.log(probabilities) + (1 - Y) * np.log(1 - probabilities)).sum() / 40
+    assert est.loss_curve_[-1] == pytest.approx(expected, rel=1e-10)
+    assert est.out_activation_ == "logistic" and est.n_outputs_ == 4 and est.predict(X).shape == (40, 4)
+
+
+# --- behaviour a scikit-learn user relies on -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(StandardScaler().fit_transform(X), y, random_state=0)
+
+
+def test_accuracy_on_digits_is_scikit_learns(digits):
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    X_train, X_test, y_train, y_test = digits
+    ours = MLPClassifier((64,), random_state=0, backend="numpy").fit(X_train, y_train)
+    theirs = SkMLPClassifier((64,), random_state=0).fit(X_train, y_train)
+    assert ours.score(X_test, y_test) > 0.95 and theirs.score(X_test, y_test) > 0.95
+    assert abs(ours.score(X_test, y_test) - theirs.score(X_test, y_test)) < 0.03
+    assert ours.n_iter_ < 200 and ours.best_loss_ == min(ours.loss_curve_)
+
+
+def test_stopping_rule_is_scikit_learns(digits):
+    X_train, _, y_train, _ = digits
+    est = MLPClassifier((16,), random_state=0, tol=1e-2, n_iter_no_change=3, backend="numpy").fit(X_train, y_train)
+    best, waited, stop = np.inf, 0, None
+    for epoch, loss in enumerate(est.loss_curve_, start=1):
+        waited = waited + 1 if loss > best - 1e-2 else 0
+        best = min(best, loss)
+        if waited > 3:
+            stop = epoch
+            break
+    assert stop == est.n_iter_ == len(est.loss_curve_) < 200
+
+
+def test_early_stopping_keeps_the_best_validation_weights(digits):
+    X_train, _, y_train, _ = digits
+    est = MLPClassifier((32,), random_state=0, early_stopping=True, n_iter_no_change=4, backend="numpy")
+    est.fit(X_train, y_train)
+    scores = est.validation_scores_
+    assert est.best_loss_ is None and est.best_validation_score_ == max(scores)
+    assert est.n_iter_ == len(scores) < 200
+    # refit with max_iter ending at the best epoch: the same weights as the early-stopped run kept
+    best_epoch = int(np.argmax(scores)) + 1
+    again = clone(est).set_params(max_iter=best_epoch, n_iter_no_change=10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        again.fit(X_train, y_train)
+    for a, b in zip(est.coefs_, again.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_adaptive_and_invscaling_rates(rng):
+    X, y = rng.normal(size=(50, 3)), rng.integers(0, 2, 50)
+    est = MLPClassifier((4,), solver="sgd", learning_rate="invscaling", power_t=0.5, learning_rate_init=0.1,
+                        max_iter=3, random_state=0, backend="numpy")
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, y)
+    assert est._learning_rate == pytest.approx(0.1 / (3 * 50 + 1) ** 0.5)
+    adaptive = MLPClassifier((4,), solver="sgd", learning_rate="adaptive", learning_rate_init=0.1, tol=10.0,
+                             n_iter_no_change=1, max_iter=50, random_state=0, backend="numpy").fit(X, y)
+    # every second epoch fails by tol=10: the rate falls by 5 each time until it is below 1e-6, then it stops
+    assert adaptive._learning_rate <= 1e-6 and adaptive._learning_rate * 5 > 1e-6 and adaptive.n_iter_ < 50
+
+
+def test_string_boolean_and_integer_labels(rng):
+    X = rng.normal(size=(60, 3))
+    for y in (np.where(X[:, 0] > 0, "yes", "no"), X[:, 0] > 0, np.where(X[:, 0] > 0, 7, -2),
+              np.array(["a", "b", "c"])[rng.integers(0, 3, 60)]):
+        est = MLPClassifier((8,), max_iter=300, random_state=0, backend="numpy").fit(X, y)
+        assert list(est.classes_) == sorted(set(y.tolist()))
+        assert est.predict(X).dtype == est.classes_.dtype and set(est.predict(X)) <= set(est.classes_)
+        assert est.predict_proba(X).shape == (60, len(est.classes_))
+        np.testing.assert_allclose(est.predict_proba(X).sum(axis=1), 1.0)
+        np.testing.assert_allclose(np.exp(est.predict_log_proba(X)), est.predict_proba(X))
+
+
+def test_pipeline_grid_search_cross_validation_and_clone(digits):
+    X_train, _, y_train, _ = digits
+    pipe = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=60, random_state=0, backend="numpy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(pipe, X_train, y_train, cv=3)
+        search = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-1],
+                                     "mlpclassifier__hidden_layer_sizes": [(8,), (16,)]}, cv=2).fit(X_train, y_train)
+    assert scores.min() > 0.8 and search.best_score_ > 0.8
+    assert search.best_estimator_[-1].net_.sizes[1] == search.best_params_["mlpclassifier__hidden_layer_sizes"][0]
+    copy = clone(search.best_estimator_[-1])
+    assert copy.get_params() == search.best_estimator_[-1].get_params() and not hasattr(copy, "net_")
+
+
+def test_pickle_round_trip_continues_training(rng):
+    X, y = rng.normal(size=(80, 5)), rng.normal(size=(80, 2))
+    est = MLPRegressor((7,), batch_size=20, random_state=0, backend="numpy")
+    est.partial_fit(X, y)
+    restored = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(restored.predict(X), est.predict(X))
+    assert restored._optimizer.steps == est._optimizer.steps == 4
+    est.partial_fit(X, y)
+    restored.partial_fit(X, y)
+    np.testing.assert_array_equal(restored.predict(X), est.predict(X))
+
+
+def test_gpu_fitted_estimator_unpickles_without_a_gpu(rng):
+    pytest.importorskip("gpubp")
+    import gpubp
+
+    if gpubp.cupy_status()[0]:
+        pytest.skip("this machine has a usable GPU")
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 3, 30)
+    est = MLPClassifier((5,), max_iter=5, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    est.backend = "cupy"  # as if fitted on a GPU: the pickle holds host arrays and the backend's name
+    with pytest.warns(GpubpWarning, match="backend='cupy', which is not available here"):
+        restored = pickle.loads(pickle.dumps(est))
+    assert restored.net_.backend.name == "numpy"
+    np.testing.assert_array_equal(restored.predict_proba(X), est.predict_proba(X))
+
+
+def test_dataframe_feature_names_and_partial_fit_classes():
+    pd = pytest.importorskip("pandas")
+    X, y = make_classification(60, 4, random_state=0)
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    est = MLPClassifier((5,), random_state=0, backend="numpy")
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        est.partial_fit(frame, y)
+    est.partial_fit(frame.iloc[:30], y[:30], classes=[0, 1, 2])
+    assert list(est.feature_names_in_) == ["a", "b", "c", "d"] and list(est.classes_) == [0, 1, 2]
+    assert est.n_outputs_ == 3 and est.out_activation_ == "softmax"
+    with pytest.raises(ValueError, match=r"classes \[5\] that are not in classes_"):
+        est.partial_fit(frame.iloc[:5], np.full(5, 5))
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1])
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"solver": "lbfgs"}, "solver must be one of"),
+    ({"activation": "swish"}, "activation must be one of"),
+    ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes"),
+    ({"learning_rate": "fast"}, "learning_rate must be"),
+    ({"alpha": -1.0}, "alpha must be"),
+    ({"beta_1": 1.0}, "beta_1 must be"),
+    ({"max_iter": 0}, "max_iter must be"),
+    ({"batch_size": 0}, "batch_size must be"),
+    ({"dtype": "float16"}, "dtype must be"),
+    ({"validation_fraction": 1.0}, "validation_fraction must be"),
+])
+def test_bad_parameters_are_named(params, words, rng):
+    with pytest.raises(ValueError, match=words):
+        MLPClassifier(**params).fit(rng.normal(size=(10, 2)), np.arange(10) % 2)
+
+
+def test_regressor_specifics(rng):
+    X, y = make_regression(80, 4, n_targets=2, random_state=0)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MLPRegressor(loss="poisson").fit(X, y)
+    est = MLPRegressor((8,), loss="l1", max_iter=5, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.predict(X).shape == (80, 2) and est.out_activation_ == "identity" and est.n_layers_ == 3
+    with pytest.raises(NotFittedError):
+        MLPRegressor().predict(X)
+    with pytest.raises(ValueError, match="hidden_layer_sizes changed"):
+        est.set_params(hidden_layer_sizes=(9,)).partial_fit(X, y)
+
+
+def test_warm_start_continues_and_verbose_prints(rng, capsys):
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    est = MLPClassifier((4,), max_iter=3, warm_start=True, verbose=True, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+        first = est.coefs_[0].copy()
+        est.fit(X, y)
+    assert est.n_iter_ == 6 and len(est.loss_curve_) == 6 and not np.array_equal(first, est.coefs_[0])
+    assert capsys.readouterr().out.splitlines()[0].startswith("Iteration 1, loss = ")
+
+
+def test_import_gpubp_does_not_import_sklearn():
+    code = "import sys, gpubp; print('sklearn' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_missing_sklearn_names_the_extra(tmp_path):
+    blocker = tmp_path / "sklearn"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('No module named sklearn (blocked by the test)')\n")
+    code = "import gpubp.sklearn"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": f"{tmp_path}:{sys.path[0] or '.'}", "PATH": ""})
+    assert result.returncode != 0 and 'pip install "gpubp[sklearn]"' in result.stderr
