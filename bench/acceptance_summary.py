@@ -3,7 +3,7 @@
     python bench/acceptance_summary.py OUTDIR SECONDS DRY_RUN > OUTDIR/summary.md
 
 Reads what the steps left in OUTDIR (status.tsv, selftest.json, gpu_tests.xml, kernels.json,
-bench.json, bench_tf32.json, fashion_mnist.json, info.txt); whatever is missing is said to be missing.
+bench.json, bench_tf32.json, fashion_mnist.json, sklearn.json, info.txt); whatever is missing is said to be missing.
 """
 
 from __future__ import annotations
@@ -94,6 +94,19 @@ def fashion(out: Path) -> list[str]:
             f"wall {summary['wall_s']:.1f} s."]
 
 
+def sklearn_comparison(out: Path) -> list[str]:
+    report = _json(out / "sklearn.json")
+    if report is None:
+        return ["scikit-learn comparison: not run or no report."]
+    lines = [f"scikit-learn comparison (gpubp on {report['device']}, scikit-learn on the CPU):", "",
+             "| dataset | dtype | scikit-learn fit s | gpubp fit s | speedup | scikit-learn acc | gpubp acc |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["rows"]:
+        lines.append(f"| {row['dataset']} | {row['dtype']} | {row['sklearn_fit_s']:.2f} | {row['gpubp_fit_s']:.2f} | "
+                     f"{row['speedup']:.1f}× | {row['sklearn_accuracy']:.4f} | {row['gpubp_accuracy']:.4f} |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     out, seconds, dry = Path(argv[1]), int(argv[2]), argv[3] == "1"
     info = (out / "info.txt").read_text(encoding="utf-8") if (out / "info.txt").exists() else ""
@@ -104,7 +117,7 @@ def main(argv: list[str]) -> int:
         ("kernel benchmark", lambda: kernels(out)),
         ("gpubp bench", lambda: bench(out, "bench.json", "gpubp bench, CPU and GPU")),
         ("gpubp bench, TF32", lambda: bench(out, "bench_tf32.json", "gpubp bench, TF32")),
-        ("Fashion-MNIST", lambda: fashion(out))]
+        ("Fashion-MNIST", lambda: fashion(out)), ("scikit-learn", lambda: sklearn_comparison(out))]
     for name, part in parts:
         try:  # one unexpected file must not cost the rest of the page
             lines += [*part(), ""]

@@ -13,6 +13,8 @@
 #   6. gpubp bench on the GPU with TF32 matmuls     -> bench_tf32.txt, bench_tf32.json, bench_tf32.md
 #   7. the README's Fashion-MNIST recipe on the GPU, when the data is there ($GPUBP_DATA or the Debian path)
 #                                                   -> fashion_mnist.txt, fashion_mnist.json
+#   8. bench/sklearn_compare.py: gpubp.sklearn on the GPU against scikit-learn's MLPClassifier on the CPU
+#      (Fashion-MNIST when present, and digits; float32, one seed) -> sklearn.txt, sklearn.json
 # then summary.md: every step's status and time, and the figures that matter. Each step has its own time
 # limit; a failing or timed-out step is recorded and the next one runs. The exit code is 0 only when every
 # step passed.
@@ -62,6 +64,7 @@ if [ "$DRY" = "1" ]; then
     SWEEP=(--widths 64 --depths 2 --batches 256 --repeats 1 --no-torch)
     TF32_SWEEP=(--widths 64 --depths 2 --batches 256 --repeats 1 --no-torch)
     EPOCHS=1
+    SKLEARN=(--datasets digits --seeds 1 --dtypes float32)
 else
     BACKEND=cupy
     export GPUBP_REQUIRE_GPU=1
@@ -71,14 +74,15 @@ else
     SWEEP=(--widths 64,256,1024,4096,8192 --depths 2,4 --batches 256,4096,65536 --repeats 3 --max-step-s 0.5)
     TF32_SWEEP=(--widths 1024,4096,8192 --depths 4 --batches 4096,16384 --repeats 3)
     EPOCHS=30
+    SKLEARN=(--seeds 1 --dtypes float32)
 fi
 
 step "gpubp info" 15 info.txt "$PY" -m gpubp.cli info
 step "gpubp selftest" 60 selftest.txt "$PY" -m gpubp.cli selftest "${SELFTEST_ARGS[@]}" --json "$OUT/selftest.json"
 step "GPU tests" 150 gpu_tests.txt "$PY" -m pytest -p no:cacheprovider "${PYTEST_ARGS[@]}" \
     --junitxml "$OUT/gpu_tests.xml"
-step "kernel benchmark" 45 kernels.txt "${KERNELS[@]}"
-step "gpubp bench (CPU and GPU)" 150 bench.txt "$PY" -m gpubp.cli bench --backend all "${SWEEP[@]}" \
+step "kernel benchmark" 35 kernels.txt "${KERNELS[@]}"
+step "gpubp bench (CPU and GPU)" 130 bench.txt "$PY" -m gpubp.cli bench --backend all "${SWEEP[@]}" \
     --json "$OUT/bench.json" --markdown "$OUT/bench.md" --plot "$OUT/bench.png"
 step "gpubp bench, TF32" 30 bench_tf32.txt "$PY" -m gpubp.cli bench --backend "$BACKEND" \
     --matmul-precision tf32 "${TF32_SWEEP[@]}" --json "$OUT/bench_tf32.json" --markdown "$OUT/bench_tf32.md"
@@ -90,6 +94,9 @@ else
     printf '%s\t%s\t%s\t%s\n' "Fashion-MNIST recipe" "not run: no Fashion-MNIST files (set GPUBP_DATA)" 0 - \
         >> "$STATUS"
 fi
+
+step "scikit-learn comparison" 30 sklearn.txt "$PY" bench/sklearn_compare.py --backend "$BACKEND" \
+    "${SKLEARN[@]}" --json "$OUT/sklearn.json"
 
 "$PY" bench/acceptance_summary.py "$OUT" "$(( $(date +%s) - STARTED ))" "$DRY" > "$OUT/summary.md"
 cat "$OUT/summary.md"

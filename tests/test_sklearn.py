@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import requires_gpu
 
 sklearn = pytest.importorskip("sklearn")
 
@@ -305,3 +306,22 @@ def test_missing_sklearn_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"PYTHONPATH": f"{tmp_path}:{sys.path[0] or '.'}", "PATH": ""})
     assert result.returncode != 0 and 'pip install "gpubp[sklearn]"' in result.stderr
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_estimator_computes_what_the_cpu_one_does(tmp_path):
+    X, y = make_classification(300, 10, n_classes=3, n_informative=5, random_state=0)
+    weight = np.random.default_rng(0).uniform(0.5, 2, 300)
+    settings = dict(hidden_layer_sizes=(32, 16), max_iter=5, batch_size=64, random_state=0, dtype="float64")
+    cpu = MLPClassifier(backend="numpy", **settings).fit(X, y, sample_weight=weight)
+    gpu = MLPClassifier(backend="cupy", **settings).fit(X, y, sample_weight=weight)
+    assert gpu.net_.backend.name == "cupy"
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-9)
+    restored = pickle.loads(pickle.dumps(gpu))
+    np.testing.assert_array_equal(restored.predict_proba(X), gpu.predict_proba(X))
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = gpu.to_onnx(tmp_path / "gpu.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": X})[0], gpu.predict_proba(X), rtol=1e-12)

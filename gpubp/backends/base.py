@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from ..losses import Loss
 
 
+UPDATE_PASSES = 4
+"""What an optimizer update counts as in :meth:`Backend.elementwise` (SGD makes 2–7 passes, Adam 13–15):
+enough that the NumPy backend splits the update of a 131k-parameter network over threads."""
+
+
 class Backend:
     """Array operations for one array module (``xp``) and one device; implements
     :class:`~gpubp.backends.spec.BackendSpec`.
@@ -100,8 +105,9 @@ class Backend:
         view = views[key] = buffer[:size].reshape(shape)
         return view
 
-    def elementwise(self, function: Callable[..., None], arrays: list[Any]) -> None:
-        """``function(*arrays)``, for an elementwise ``function`` (the NumPy backend splits it over threads)."""
+    def elementwise(self, function: Callable[..., None], arrays: list[Any], passes: int = 1) -> None:
+        """``function(*arrays)``, for an elementwise ``function`` that makes about ``passes`` passes over its
+        arrays (the NumPy backend splits it over threads when that pays)."""
         function(*arrays)
 
     def all_finite(self, value: Array) -> bool:
@@ -205,7 +211,7 @@ class Backend:
         scratch = self.scratch("update", params.shape, params.dtype)
         update = functools.partial(sgd_math, self.xp, lr=lr, momentum=momentum, nesterov=nesterov,
                                    weight_decay=weight_decay)
-        self.elementwise(update, [params, grads, velocity, scratch])
+        self.elementwise(update, [params, grads, velocity, scratch], passes=UPDATE_PASSES)
 
     def adam_update(self, params: Array, grads: Array, m: Array, v: Array, steps: Array, skip: Array | None,
                     *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
@@ -218,7 +224,7 @@ class Backend:
         scratch2 = self.scratch("update2", params.shape, params.dtype) if weight_decay and not decoupled else None
         update = functools.partial(adam_math, self.xp, step=int(steps[0]), lr=lr, beta1=beta1, beta2=beta2,
                                    eps=eps, weight_decay=weight_decay, decoupled=decoupled)
-        self.elementwise(update, [params, grads, m, v, scratch, scratch2])
+        self.elementwise(update, [params, grads, m, v, scratch, scratch2], passes=UPDATE_PASSES)
 
 
 def sgd_math(xp: Any, params: Array, grads: Array, velocity: Array | None, scratch: Array, *,

@@ -77,8 +77,9 @@ class BackendSpec(Protocol):
     def scratch(self, name: str, shape: Any, dtype: Any) -> Array:
         """A buffer this backend owns for the calling thread, reused across calls (contents undefined)."""
 
-    def elementwise(self, function: Callable[..., None], arrays: list[Any]) -> None:
-        """``function(*arrays)`` for an elementwise ``function``; may split the rows over threads."""
+    def elementwise(self, function: Callable[..., None], arrays: list[Any], passes: int = 1) -> None:
+        """``function(*arrays)`` for an elementwise ``function`` of about ``passes`` passes over its arrays;
+        may split the rows over threads."""
 
     # --- data
     def all_finite(self, value: Array) -> bool:
