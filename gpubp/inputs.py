@@ -195,7 +195,9 @@ def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, dtype: np.
 
 
 def check_sample_weight(backend: Backend, weight: Any, n: int, name: str = "sample_weight") -> Array | None:
-    """Per-sample weights: None, or ``(n,)`` real numbers, finite, ≥ 0 and not all 0 (host or device)."""
+    """Per-sample weights: None, or ``(n,)`` real numbers, finite, ≥ 0 and not all 0 (host or device);
+    returned in float64 divided by the largest (a weighted mean does not change), so that no weight or
+    batch sum overflows the network's dtype."""
     if weight is None:
         return None
     xp = backend.xp if backend.is_device_array(weight) else np
@@ -208,9 +210,10 @@ def check_sample_weight(backend: Backend, weight: Any, n: int, name: str = "samp
     check.finite(name, array, xp)
     if n and float(array.min()) < 0:
         raise GpubpValueError(f"{name} must be >= 0, got a weight of {float(array.min())!r}")
-    if n and not float(array.max()) > 0:
-        raise GpubpValueError(f"{name} is 0 for every sample; at least one weight must be positive")
-    return array
+    largest = float(array.max()) if n else 1.0
+    if not largest > 0:
+        raise GpubpValueError(f"{name} is zero for every sample; at least one weight must be positive")
+    return array.astype(np.float64) / largest
 
 
 def _check_labels(array: Any, width: int, name: str) -> None:

@@ -52,9 +52,11 @@ def onnx_module() -> Any:
 
 def to_model(net: ExportableNetwork, opset: int = DEFAULT_OPSET) -> Any:
     """The network as a checked ``onnx.ModelProto``."""
-    if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
-        raise GpubpValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
     onnx = onnx_module()
+    newest = int(onnx.defs.onnx_opset_version())
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= newest:
+        raise GpubpValueError(f"opset must be an integer from {MIN_OPSET} to {newest} (the newest this onnx "
+                              f"package knows), got {opset!r}")
     config = net.config()
     dtype = np.dtype(config["dtype"])
     builder = _Graph(onnx, dtype, opset)
@@ -145,8 +147,9 @@ class _Graph:
             [helper.make_tensor_value_info("input", self.elem_type, ["N", n_inputs])],
             [helper.make_tensor_value_info("output", self.elem_type, ["N", n_outputs])],
             initializer=self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                  producer_name="gpubp", producer_version=__version__)
+        opsets = [helper.make_opsetid("", self.opset)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="gpubp", producer_version=__version__)
+        model.ir_version = helper.find_min_ir_version_for(opsets)  # not the package's newest: older runtimes load it
         helper.set_model_props(model, metadata)
         self.onnx.checker.check_model(model, full_check=True)
         return model

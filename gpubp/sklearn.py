@@ -8,11 +8,17 @@ Needs the optional extra ``gpubp[sklearn]``; ``import gpubp`` never imports scik
 
 How scikit-learn's settings map onto gpubp's (each exact unless said):
 
-* The loss scikit-learn reports and differentiates is ``s`` times smaller than gpubp's mean loss:
-  ``s = 2`` for ``squared_error`` (½·MSE), ``1/K`` for K-label classification (a sum over the
-  labels, mean over samples), 1 otherwise. The estimator reports scikit-learn's value
-  (``loss_``, ``loss_curve_``) and trains on exactly scikit-learn's objective by scaling
-  ``sgd``'s learning rate by ``1/s`` and ``adam``'s ε and every weight decay by ``s``.
+* scikit-learn's objective is gpubp's mean loss divided by a scale ``s``. For ``squared_error``
+  scikit-learn reports ½·MSE (the mean over every element) but differentiates ½·Σ over the K
+  outputs of the mean over samples: the reporting scale is 2, the training scale 2/K. For K-label
+  classification (a sum over the labels, a mean over samples) both are 1/K; 1 otherwise. The
+  estimator reports scikit-learn's value (``loss_``, ``loss_curve_``) and trains on exactly
+  scikit-learn's gradient by scaling ``sgd``'s learning rate by ``1/s`` and ``adam``'s ε and
+  every weight decay by ``s``.
+* ``adam``'s ε is PyTorch's: added to the bias-corrected ``√v̂``. scikit-learn adds it to the
+  uncorrected ``√v``, the same as PyTorch's with ``ε/√(1 − β₂ᵗ)``: about 30× larger at the first
+  step, equal after a few thousand; with the default ε = 1e-8 a first step differs by about
+  3e-7/|g| relative (3e-4 for a gradient of 1e-3), later steps by less.
 * ``alpha`` (the L2 penalty ½·α·‖W‖² per batch weight sum) is a weight decay of
   ``α / (batch_size · mean sample weight)`` in the update: exact for full batches; for minibatches
   scikit-learn divides by each batch's own weight sum, gpubp by its expected value. gpubp
@@ -25,8 +31,15 @@ How scikit-learn's settings map onto gpubp's (each exact unless said):
   it changes, scikit-learn's velocity keeps the old rate.
 * ``early_stopping`` holds out ``validation_fraction`` (stratified for single-label classifiers
   where every class has two samples and room in both parts; scikit-learn stratifies two classes only),
-  scores it each epoch (accuracy or R², weighted), and keeps the best weights.
-* Sample weights give the weighted mean loss (see :mod:`gpubp.losses`).
+  scores it each epoch (accuracy or R², weighted), and keeps the best weights — across ``warm_start``
+  calls too, as scikit-learn does. ``n_iter_`` counts the epochs of the last call, ``loss_curve_``
+  and ``t_`` all of them.
+* Sample weights give the weighted mean loss (see :mod:`gpubp.losses`); they must be ≥ 0
+  (scikit-learn also takes negative ones).
+* Ctrl-C (``KeyboardInterrupt``) stops ``fit`` with the exception, leaving the weights of the last
+  step (scikit-learn catches it, warns and returns).
+* ``coefs_`` and ``intercepts_`` are copies of the network's weights: assigning a list changes the
+  network, editing an array in place does not. The network itself is ``net_`` (a :class:`gpubp.MLP`).
 * ``dtype=None`` trains in the input's precision (float32 stays float32; everything else float64),
   as scikit-learn does; ``dtype="float32"`` is the fast choice on a GPU.
 """
@@ -106,8 +119,9 @@ class _MLPEstimator(BaseEstimator):
     # --- what the subclasses define ------------------------------------------------------------------------
     _is_classifier = False
 
-    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> np.ndarray:
-        """The targets as gpubp trains on them; on the first pass also sets ``n_outputs_``, the loss and more."""
+    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The targets as gpubp trains on them, and (on the first pass) the attributes they decide —
+        ``n_outputs_``, ``out_activation_``, the loss and its scales — set by ``_fit`` once the network is built."""
         raise NotImplementedError
 
     def _validation_score(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> float:
@@ -174,10 +188,11 @@ class _MLPEstimator(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         X, y, sample_weight = self._validate(X, y, sample_weight, first_pass)
-        targets = self._encode_targets(y, first_pass, classes)
-        if first_pass:
-            self._random_state = check_random_state(self.random_state)
-            self._build(X, hidden, activation)
+        targets, decided = self._encode_targets(y, first_pass, classes)
+        if first_pass:  # nothing of the estimator changes before the new network exists
+            random_state = check_random_state(self.random_state)
+            net = self._build(X, hidden, activation, decided, random_state)
+            self._reset(net, decided, random_state)
         elif list(self.net_.sizes[1:-1]) != hidden:
             raise ValueError(f"hidden_layer_sizes changed from {list(self.net_.sizes[1:-1])} to {hidden} since the "
                              f"last fit; warm_start and partial_fit continue the same network")
@@ -187,6 +202,7 @@ class _MLPEstimator(BaseEstimator):
             self._optimizer = self._new_optimizer(batch_size, w_train)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
         epochs = 1 if incremental else self.max_iter
+        self.n_iter_ = 0  # the epochs of this call (scikit-learn's count); loss_curve_ and t_ go on
         run = _Epochs(self, validation, x_train.shape[0], batch_size * _mean(w_train))
         self.net_.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=self._optimizer,
                       shuffle=bool(self.shuffle), progress=False, seed=seed, lr_schedule=run.learning_rate,
@@ -194,13 +210,21 @@ class _MLPEstimator(BaseEstimator):
         run.finish(incremental)
         return self
 
-    def _build(self, X: np.ndarray, hidden: list[int], activation: str) -> None:
-        """A new network (the first pass): initialised from ``random_state``; counters reset."""
+    def _build(self, X: np.ndarray, hidden: list[int], activation: str, decided: dict[str, Any],
+               random_state: Any) -> MLP:
+        """A new network (the first pass), initialised from ``random_state``."""
         dtype = self.dtype if self.dtype is not None else ("float32" if X.dtype == np.float32 else "float64")
-        seed = int(self._random_state.randint(np.iinfo(np.int32).max))
-        self.net_ = MLP([X.shape[1], *hidden, self.n_outputs_], activation=activation, loss=self._loss_name,
-                        backend=self.backend, dtype=np.dtype(dtype).name, seed=seed)
-        self.n_layers_ = len(hidden) + 2
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
+        return MLP([X.shape[1], *hidden, decided["n_outputs_"]], activation=activation, loss=decided["_loss_name"],
+                   backend=self.backend, dtype=np.dtype(dtype).name, seed=seed)
+
+    def _reset(self, net: MLP, decided: dict[str, Any], random_state: Any) -> None:
+        """The new network and the attributes of a first pass; counters and histories start again."""
+        for name, value in decided.items():
+            setattr(self, name, value)
+        self.net_ = net
+        self._random_state = random_state
+        self.n_layers_ = len(net.sizes)
         self.n_iter_ = 0
         self.t_ = 0
         self.loss_curve_: list[float] = []
@@ -213,8 +237,9 @@ class _MLPEstimator(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
-        if hasattr(self, "_optimizer"):
-            del self._optimizer
+        for stale in ("_optimizer", "_best_params"):
+            if hasattr(self, stale):
+                delattr(self, stale)
 
     def _split(self, X: np.ndarray, targets: np.ndarray, y: np.ndarray,
                weight: np.ndarray | None) -> tuple[Any, Any, Any, Any]:
@@ -234,7 +259,7 @@ class _MLPEstimator(BaseEstimator):
 
     def _new_optimizer(self, batch_size: int, weight: np.ndarray | None) -> Optimizer:
         """scikit-learn's solver on gpubp's loss scale (see the module's notes)."""
-        s = self._loss_scale
+        s = self._train_scale
         decay = self.alpha * s / (batch_size * _mean(weight))
         self._learning_rate = float(self.learning_rate_init)
         if self.solver == "adam":
@@ -249,15 +274,33 @@ class _MLPEstimator(BaseEstimator):
 
     @property
     def coefs_(self) -> list[np.ndarray]:
-        """The weight matrices ``(fan_in, fan_out)`` (copies; change weights with ``net_.set_weights``)."""
+        """The weight matrices ``(fan_in, fan_out)``: copies of the network's (editing one in place changes
+        nothing; assigning a list, ``est.coefs_ = [...]``, does, checked as ``net_.set_weights`` checks)."""
         check_is_fitted(self)
         return self.net_.get_weights()[0::2]
 
+    @coefs_.setter
+    def coefs_(self, coefs: Any) -> None:
+        self._set_layers(coefs, 0)
+
     @property
     def intercepts_(self) -> list[np.ndarray]:
-        """The bias vectors (copies)."""
+        """The bias vectors (copies; assign a list to change them, as for :attr:`coefs_`)."""
         check_is_fitted(self)
         return self.net_.get_weights()[1::2]
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts: Any) -> None:
+        self._set_layers(intercepts, 1)
+
+    def _set_layers(self, arrays: Any, start: int) -> None:
+        check_is_fitted(self)
+        weights = self.net_.get_weights()
+        arrays = list(arrays)
+        if len(arrays) != len(weights) // 2:
+            raise ValueError(f"expected {len(weights) // 2} arrays, one per layer, got {len(arrays)}")
+        weights[start::2] = arrays
+        self.net_.set_weights(weights)
 
     @property
     def loss_(self) -> float:
@@ -314,14 +357,13 @@ class _Epochs:
         self.estimator, self.validation, self.n_train = estimator, validation, n_train
         self.penalty_scale = 0.5 * estimator.alpha / penalty_divisor
         self.stopped = False
-        self.best_params: Any = None
 
     def learning_rate(self, epoch: int) -> float:
         """The current rate in gpubp's units (``sgd`` divides by the loss scale; ``adam``'s stays fixed)."""
         est = self.estimator
         if est.solver == "adam":
             return float(est.learning_rate_init)
-        return est._learning_rate / est._loss_scale
+        return est._learning_rate / est._train_scale
 
     def _penalty(self) -> float:
         if not self.penalty_scale:
@@ -333,7 +375,7 @@ class _Epochs:
     def end_of_epoch(self, epoch: int, record: dict[str, float]) -> bool:
         """Record the epoch as scikit-learn does; True to stop."""
         est = self.estimator
-        loss = record["loss"] / est._loss_scale + self._penalty()
+        loss = record["loss"] / est._loss_scale + self._penalty()  # scikit-learn's loss_, as it reports it
         est.n_iter_ += 1
         est.t_ += self.n_train
         est.loss_curve_.append(loss)
@@ -372,18 +414,15 @@ class _Epochs:
             print(f"Validation score: {score:f}", flush=True)
         est._no_improvement_count = (est._no_improvement_count + 1 if score < est.best_validation_score_ + est.tol
                                      else 0)
-        if score > est.best_validation_score_:
+        if score > est.best_validation_score_:  # kept on the host: it pickles, and outlives a warm start
             est.best_validation_score_ = score
-            net = est.net_
-            if self.best_params is None:
-                self.best_params = net.backend.empty(net.params.shape, net.params.dtype)
-            net.backend.copy_into(self.best_params, net.params)
+            est._best_params = est.net_.backend.to_host(est.net_.params)
 
     def finish(self, incremental: bool) -> None:
         """After the run: the best weights back (early stopping); the warning scikit-learn gives at max_iter."""
         est = self.estimator
-        if self.best_params is not None:
-            est.net_.backend.copy_into(est.net_.params, self.best_params)
+        if self.validation is not None and getattr(est, "_best_params", None) is not None:
+            est.net_.backend.copy_into(est.net_.params, est._best_params)
         if not incremental and not self.stopped:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached and the optimization "
                           f"hasn't converged yet.", ConvergenceWarning, stacklevel=3)
@@ -399,40 +438,43 @@ class MLPClassifier(ClassifierMixin, _MLPEstimator):
 
     _is_classifier = True
 
-    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> np.ndarray:
+    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
         multilabel = type_of_target(y) == "multilabel-indicator"
         if not multilabel:
             check_classification_targets(y)
-        if first_pass:
-            self._set_classes(y, multilabel, classes)
-        elif multilabel != self._multilabel:
+        decided = self._classes_of(y, multilabel, classes) if first_pass else {}
+        if not first_pass and multilabel != self._multilabel:
             raise ValueError("y changed between multi-label and single-label since the last fit")
-        if self._multilabel:
-            if y.shape[1] != len(self.classes_):
-                raise ValueError(f"y has {y.shape[1]} labels, the network was fitted on {len(self.classes_)}")
-            return np.asarray(y, dtype=np.float64)
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if unknown.size:
-            raise ValueError(f"y has classes {unknown.tolist()} that are not in classes_ {self.classes_.tolist()}"
-                             + ("; pass every class with classes= on the first partial_fit" if not first_pass else ""))
-        index = np.searchsorted(self.classes_, y)
-        if len(self.classes_) == 2:
-            return index.astype(np.float64).reshape(-1, 1)
-        return index.astype(np.int64)
-
-    def _set_classes(self, y: Any, multilabel: bool, classes: Any) -> None:
-        self._multilabel = multilabel
+        known: np.ndarray = decided["classes_"] if first_pass else self.classes_
         if multilabel:
-            self.classes_ = np.arange(y.shape[1])
+            if y.shape[1] != len(known):
+                raise ValueError(f"y has {y.shape[1]} labels, the network was fitted on {len(known)}")
+            return np.asarray(y, dtype=np.float64), decided
+        unknown = np.setdiff1d(np.unique(y), known)
+        if unknown.size:
+            raise ValueError(f"y has classes {unknown.tolist()} that are not in classes_ {known.tolist()}"
+                             + ("; pass every class with classes= on the first partial_fit" if not first_pass else ""))
+        index = np.asarray(np.searchsorted(known, y))
+        if len(known) == 2:
+            return index.astype(np.float64).reshape(-1, 1), decided
+        return index.astype(np.int64), decided
+
+    @staticmethod
+    def _classes_of(y: Any, multilabel: bool, classes: Any) -> dict[str, Any]:
+        """The attributes the labels decide on a first pass."""
+        if multilabel:
+            found = np.arange(y.shape[1])
         else:
-            self.classes_ = np.unique(y if classes is None else np.asarray(classes))
-            if len(self.classes_) < 2:
-                raise ValueError(f"y has one class ({self.classes_[0]!r}); a classifier needs at least 2 classes")
-        two = not multilabel and len(self.classes_) == 2
-        self.n_outputs_ = 1 if two else len(self.classes_)
-        self._loss_name = "cross_entropy" if not multilabel and not two else "bce"
-        self.out_activation_ = "softmax" if self._loss_name == "cross_entropy" else "logistic"
-        self._loss_scale = 1.0 / self.n_outputs_ if multilabel else 1.0
+            found = np.unique(y if classes is None else np.asarray(classes))
+            if len(found) < 2:
+                raise ValueError(f"y has one class ({found[0]!r}); a classifier needs at least 2 classes")
+        two = not multilabel and len(found) == 2
+        outputs = 1 if two else len(found)
+        loss = "cross_entropy" if not multilabel and not two else "bce"
+        scale = 1.0 / outputs if multilabel else 1.0  # scikit-learn sums the labels' losses, gpubp averages
+        return {"_multilabel": multilabel, "classes_": found, "n_outputs_": outputs, "_loss_name": loss,
+                "out_activation_": "softmax" if loss == "cross_entropy" else "logistic", "_loss_scale": scale,
+                "_train_scale": scale}
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> Any:
         """One epoch over ``(X, y)``; the first call needs ``classes`` (every label there will be), unless
@@ -493,18 +535,20 @@ class MLPRegressor(RegressorMixin, _MLPEstimator):
             epsilon=epsilon, n_iter_no_change=n_iter_no_change, backend=backend, dtype=dtype)
         self.loss = loss
 
-    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> np.ndarray:
+    def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
         if self.loss not in REGRESSION_LOSSES:
             raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {self.loss!r}")
         targets = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
-        if first_pass:
-            self.n_outputs_ = targets.shape[1]
-            self._loss_name = REGRESSION_LOSSES[self.loss]
-            self._loss_scale = 2.0 if self._loss_name == "mse" else 1.0
-            self.out_activation_ = "identity"
-        elif targets.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {targets.shape[1]} target columns, the network was fitted on {self.n_outputs_}")
-        return targets
+        if not first_pass:
+            if targets.shape[1] != self.n_outputs_:
+                raise ValueError(f"y has {targets.shape[1]} target columns, the network was fitted on "
+                                 f"{self.n_outputs_}")
+            return targets, {}
+        outputs, loss = targets.shape[1], REGRESSION_LOSSES[self.loss]
+        # scikit-learn reports ½·mean((y − ŷ)²) but differentiates ½·Σ over the outputs of the mean over samples
+        squared = loss == "mse"
+        return targets, {"n_outputs_": outputs, "_loss_name": loss, "out_activation_": "identity",
+                         "_loss_scale": 2.0 if squared else 1.0, "_train_scale": 2.0 / outputs if squared else 1.0}
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """One epoch over ``(X, y)``, continuing the network and the optimizer's state; returns self."""

@@ -307,6 +307,9 @@ class _Run:
         self.rng = np.random.default_rng(self.seed)
         if config.validation_split:
             xp = self.backend.xp if self.backend.is_device_array(X) else np
+            if xp is not np:  # device X: Y and the weights indexed by the same device index
+                Y, weight = (a if a is None or self.backend.is_device_array(a) else self.backend.asarray(a)
+                             for a in (Y, weight))
             (X, Y, weight), (x_val, y_val, w_val) = inputs.split_validation(X, Y, config.validation_split,
                                                                             self.rng, xp, weight)
             if w_val is not None and not float(w_val.max()) > 0:

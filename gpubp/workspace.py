@@ -133,11 +133,12 @@ class Workspace:
         return self._weight
 
     def _scale_weights(self) -> None:
-        """``w ← N·w / Σw`` on the device (no host synchronisation); a batch whose weights are all 0
-        stays 0 (its loss and gradient are then 0)."""
+        """``w ← N·(w / Σw)`` on the device (no host synchronisation); a batch whose weights are all 0
+        stays 0 (its loss and gradient are then 0). Divided first, so no quotient can overflow."""
         xp, w = self._backend.xp, self._weight
-        self.weight_total = w.sum()
-        xp.multiply(w, self.batch / xp.maximum(self.weight_total, np.finfo(w.dtype).tiny), out=w)
+        self.weight_total = total = w.sum()
+        xp.divide(w, xp.where(total > 0, total, 1), out=w)
+        xp.multiply(w, self.batch, out=w)
         self.weight = w
 
     def labels_to_targets(self) -> None:

@@ -123,7 +123,7 @@ def test_validation_data_with_weights_and_split_keeps_weights(rng):
 @pytest.mark.parametrize("weight, error, words", [
     (np.array([1.0, -1.0, 1.0]), GpubpValueError, "sample_weight must be >= 0"),
     (np.array([1.0, np.nan, 1.0]), GpubpValueError, "sample_weight"),
-    (np.zeros(3), GpubpValueError, "0 for every sample"),
+    (np.zeros(3), GpubpValueError, "zero for every sample"),
     (np.ones(4), GpubpValueError, "shape (3,)"),
     (np.ones((3, 2)), GpubpValueError, "shape (3,)"),
     (np.array(["a", "b", "c"]), GpubpTypeError, "sample_weight"),
@@ -172,3 +172,34 @@ def test_callback_adds_metrics_and_stops(rng):
     assert history["double_loss"] == [2 * v for v in history["loss"]]
     with pytest.raises(GpubpTypeError, match="callback"):
         _net("numpy", "mse").fit(X, Y, epochs=1, progress=False, callback=3)
+
+
+def test_a_batch_whose_weights_are_all_zero_counts_for_nothing(backend, rng):
+    X, Y = _data(rng, "cross_entropy", n=40)
+    weight = np.ones(40)
+    weight[:8] = 0
+    net = _net(backend, "cross_entropy", dtype="float32")
+    metrics = net.evaluate(X, Y, batch_size=8, sample_weight=weight)
+    assert metrics == pytest.approx(net.evaluate(X[8:], Y[8:]), rel=1e-6)
+    # a zero-weight batch has zero gradients: plain SGD leaves the weights as they were
+    weighted, without = _net(backend, "cross_entropy"), _net(backend, "cross_entropy")
+    history = weighted.fit(X, Y, epochs=2, batch_size=8, shuffle=False, optimizer=gpubp.optim.SGD(0.1),
+                           progress=False, sample_weight=weight)
+    without.fit(X[8:], Y[8:], epochs=2, batch_size=8, shuffle=False, optimizer=gpubp.optim.SGD(0.1), progress=False)
+    assert np.isfinite(history["loss"]).all()
+    for a, b in zip(weighted.get_weights(), without.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-30, 1e30, 1e300])
+def test_the_scale_of_the_weights_does_not_matter(scale, rng):
+    """Weights far outside float32's range (their sum too) give the loss and gradients of the same weights
+    near 1: they are divided by the largest on the way in."""
+    X, Y = _data(rng, "mse", n=12)
+    weight = rng.uniform(0.5, 2, 12)
+    net = _net("numpy", "mse", dtype="float32")
+    value, grads = net.loss_and_grads(X, Y, sample_weight=weight)
+    value_scaled, grads_scaled = net.loss_and_grads(X, Y, sample_weight=weight * scale)
+    assert np.isfinite(value_scaled) and value_scaled == pytest.approx(value, rel=1e-6)
+    for a, b in zip(grads, grads_scaled):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)

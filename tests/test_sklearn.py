@@ -52,67 +52,93 @@ def test_scikit_learn_estimator_checks(estimator, check):
         check(estimator)
 
 
-# --- scikit-learn's objective, step by step, against a NumPy oracle written here -------------------------------
-def _one_hidden_layer(X, coefs, intercepts):
-    hidden = np.tanh(X @ coefs[0] + intercepts[0])
-    return hidden, hidden @ coefs[1] + intercepts[1]
+# --- scikit-learn's objective, step by step, with scikit-learn itself as the oracle -------------------------
+def _sklearn_step(theirs_class, ours, X, y, **fit):
+    """scikit-learn's estimator, set to our weights, after one partial_fit from them: the first step of a new
+    optimizer of its own."""
+    theirs = theirs_class(**{k: v for k, v in ours.get_params().items() if k in theirs_class().get_params()
+                             and k != "loss"})
+    theirs.partial_fit(X, y, **fit)
+    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    del theirs._optimizer
+    theirs.partial_fit(X, y, **fit)
+    return theirs
 
 
-def _sklearn_regression_gradient(X, y, coefs, intercepts, alpha):
-    """∇ of scikit-learn's ½·mean((y − ŷ)²) + ½·α·‖W‖²/n (tanh hidden layer, identity output),
-    with gpubp's decay of the intercepts (α·b/n) added: the one documented difference."""
-    n = X.shape[0]
-    hidden, output = _one_hidden_layer(X, coefs, intercepts)
-    delta_out = (output - y.reshape(n, -1)) / (n * output.shape[1])
-    delta_hidden = (delta_out @ coefs[1].T) * (1 - hidden ** 2)
-    grads_w = [X.T @ delta_hidden + alpha * coefs[0] / n, hidden.T @ delta_out + alpha * coefs[1] / n]
-    grads_b = [delta_hidden.sum(0) + alpha * intercepts[0] / n, delta_out.sum(0) + alpha * intercepts[1] / n]
-    return grads_w, grads_b
+def _penalty(estimator, coefs):
+    return 0.5 * estimator.alpha * sum((c ** 2).sum() for c in coefs) / estimator.batch_size
+
+
+SGD = dict(activation="tanh", solver="sgd", momentum=0.0, learning_rate_init=0.05, shuffle=False,
+           random_state=0, backend="numpy")
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_sgd_step_is_scikit_learns_step_on_its_own_objective(alpha, rng):
-    X, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 2))
-    est = MLPRegressor((5,), activation="tanh", solver="sgd", momentum=0.0, learning_rate_init=0.05, alpha=alpha,
-                       batch_size=30, shuffle=False, random_state=0, backend="numpy")
-    est.partial_fit(X, y)
-    coefs, intercepts = est.coefs_, est.intercepts_
-    grads_w, grads_b = _sklearn_regression_gradient(X, y, coefs, intercepts, alpha)
-    est.partial_fit(X, y)
-    for before, grad, after in zip(coefs + intercepts, grads_w + grads_b, est.coefs_ + est.intercepts_):
-        np.testing.assert_allclose(after, before - 0.05 * grad, rtol=1e-10, atol=1e-13)
-    hidden, output = _one_hidden_layer(X, coefs, intercepts)
-    penalty = 0.5 * alpha * sum((c ** 2).sum() for c in est.coefs_) / 30  # of the weights after the epoch
-    assert est.loss_curve_[-1] == pytest.approx(0.5 * ((y - output) ** 2).mean() + penalty, rel=1e-10)
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_regressor_sgd_step_is_scikit_learns(alpha, outputs, rng):
+    from sklearn.neural_network import MLPRegressor as SkMLPRegressor
+
+    X, y = rng.normal(size=(30, 4)), rng.normal(size=(30, outputs)).squeeze()
+    ours = MLPRegressor((5,), alpha=alpha, batch_size=30, **SGD).partial_fit(X, y)
+    theirs = _sklearn_step(SkMLPRegressor, ours, X, y)
+    coefs_before, intercepts_before = ours.coefs_, ours.intercepts_
+    ours.partial_fit(X, y)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    for a, b, before in zip(ours.intercepts_, theirs.intercepts_, intercepts_before):
+        # gpubp decays the intercepts too: by lr·alpha·b/n on top of scikit-learn's step (documented)
+        np.testing.assert_allclose(a, b - 0.05 * alpha * before / 30, rtol=1e-10, atol=1e-13)
+    # the same loss, but for the penalty: scikit-learn's of the weights before the step, gpubp's of those after
+    expected = theirs.loss_ - _penalty(ours, coefs_before) + _penalty(ours, ours.coefs_)
+    assert ours.loss_ == pytest.approx(expected, rel=1e-9)
 
 
-def test_adam_first_step_uses_scikit_learns_epsilon_on_its_objective(rng):
-    """Adam's first step is −η·g/(|g| + ε): with a large ε it shows whether g is scikit-learn's gradient."""
-    X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
-    est = MLPRegressor((4,), activation="tanh", learning_rate_init=0.01, epsilon=0.05, alpha=0.0, batch_size=20,
-                       shuffle=False, random_state=1, backend="numpy", max_iter=1)
-    with pytest.warns(ConvergenceWarning):
-        est.fit(X, y)
-    coefs, intercepts = est.coefs_, est.intercepts_
-    est.set_params(warm_start=True)
-    with pytest.warns(ConvergenceWarning):
-        est.fit(X, y)  # a new optimizer: its first step again
-    grads_w, grads_b = _sklearn_regression_gradient(X, y, coefs, intercepts, 0.0)
-    for before, grad, after in zip(coefs + intercepts, grads_w + grads_b, est.coefs_ + est.intercepts_):
-        np.testing.assert_allclose(after, before - 0.01 * grad / (np.abs(grad) + 0.05), rtol=1e-9, atol=1e-13)
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_classifier_sgd_step_is_scikit_learns(kind, rng):
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 
-
-def test_multilabel_loss_is_scikit_learns_sum_over_labels(rng):
     X = rng.normal(size=(40, 3))
-    Y = (rng.uniform(size=(40, 4)) > 0.5).astype(int)
-    est = MLPClassifier((6,), activation="tanh", alpha=0.0, batch_size=40, shuffle=False, random_state=0,
-                        backend="numpy")
-    est.partial_fit(X, Y)
-    probabilities = est.predict_proba(X)
-    est.partial_fit(X, Y)
-    expected = -(Y * np.log(probabilities) + (1 - Y) * np.log(1 - probabilities)).sum() / 40
-    assert est.loss_curve_[-1] == pytest.approx(expected, rel=1e-10)
-    assert est.out_activation_ == "logistic" and est.n_outputs_ == 4 and est.predict(X).shape == (40, 4)
+    y = {"binary": rng.integers(0, 2, 40), "multiclass": np.array(list("abcd"))[rng.integers(0, 4, 40)],
+         "multilabel": (rng.uniform(size=(40, 4)) > 0.5).astype(int)}[kind]
+    fit = {"classes": np.arange(4) if kind == "multilabel" else np.unique(y)}
+    ours = MLPClassifier((6,), alpha=0.0, batch_size=40, **SGD).partial_fit(X, y, **fit)
+    theirs = _sklearn_step(SkMLPClassifier, ours, X, y, **fit)
+    ours.partial_fit(X, y)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+    assert ours.out_activation_ == theirs.out_activation_ and ours.n_outputs_ == theirs.n_outputs_
+
+
+def test_adam_steps_are_scikit_learns_but_for_where_epsilon_enters(rng):
+    """With ε negligible the Adam steps are scikit-learn's; ε itself enters as in PyTorch (documented)."""
+    from sklearn.neural_network import MLPRegressor as SkMLPRegressor
+
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 2))
+    ours = MLPRegressor((4,), activation="tanh", learning_rate_init=0.01, epsilon=1e-30, alpha=0.1, batch_size=20,
+                        shuffle=False, random_state=1, backend="numpy").partial_fit(X, y)
+    theirs = _sklearn_step(SkMLPRegressor, ours, X, y)
+    del ours._optimizer  # a new optimizer, as scikit-learn's has: its first step again
+    ours.partial_fit(X, y)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
+
+
+def test_a_failed_refit_changes_nothing(rng):
+    import gpubp
+
+    if gpubp.cupy_status()[0]:
+        pytest.skip("the refit is made to fail by asking for CuPy where there is none")
+    X = rng.normal(size=(30, 3))
+    est = MLPClassifier((4,), max_iter=3, random_state=0, backend="numpy").fit(X, rng.integers(0, 3, 30))
+    before = (est.classes_.copy(), est.n_outputs_, est.out_activation_, est.coefs_, est.n_iter_)
+    with pytest.raises(gpubp.errors.BackendUnavailableError):
+        est.set_params(backend="cupy").fit(X, rng.integers(0, 2, 30))
+    assert (est.classes_.tolist(), est.n_outputs_, est.out_activation_, est.n_iter_) == (
+        before[0].tolist(), before[1], before[2], before[4])
+    for a, b in zip(est.coefs_, before[3]):
+        np.testing.assert_array_equal(a, b)
+    assert est.predict_proba(X).shape == (30, 3)
 
 
 # --- behaviour a scikit-learn user relies on -------------------------------------------------------------------
@@ -288,7 +314,7 @@ def test_warm_start_continues_and_verbose_prints(rng, capsys):
         est.fit(X, y)
         first = est.coefs_[0].copy()
         est.fit(X, y)
-    assert est.n_iter_ == 6 and len(est.loss_curve_) == 6 and not np.array_equal(first, est.coefs_[0])
+    assert est.n_iter_ == 3 and len(est.loss_curve_) == 6 and not np.array_equal(first, est.coefs_[0])
     assert capsys.readouterr().out.splitlines()[0].startswith("Iteration 1, loss = ")
 
 
