@@ -351,3 +351,18 @@ def test_gpu_estimator_computes_what_the_cpu_one_does(tmp_path):
     path = gpu.to_onnx(tmp_path / "gpu.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": X})[0], gpu.predict_proba(X), rtol=1e-12)
+
+
+def test_early_stopping_keeps_an_earlier_calls_best_across_a_warm_start(digits):
+    X_train, _, y_train, _ = digits
+    est = MLPClassifier((16,), random_state=0, early_stopping=True, n_iter_no_change=3, backend="numpy")
+    est.fit(X_train, y_train)
+    best, score = est.coefs_, est.best_validation_score_
+    # a second call at a rate that only makes things worse: its epochs never beat the first call's best
+    est.set_params(warm_start=True, learning_rate_init=5.0, max_iter=3)
+    est.fit(X_train, y_train)
+    assert max(est.validation_scores_[-3:]) <= score == est.best_validation_score_
+    for a, b in zip(est.coefs_, best):
+        np.testing.assert_array_equal(a, b)
+    restored = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(restored._best_params, est._best_params)
