@@ -50,8 +50,11 @@ def onnx_module() -> Any:
             f"ONNX export needs the onnx package ({error}); install it with: pip install \"gpubp[onnx]\"") from None
 
 
-def to_model(net: ExportableNetwork, opset: int = DEFAULT_OPSET) -> Any:
-    """The network as a checked ``onnx.ModelProto``."""
+def to_model(net: ExportableNetwork, opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None,
+             binary_as_two_columns: bool = False) -> Any:
+    """The network as a checked ``onnx.ModelProto``; ``metadata`` adds entries to the model's properties.
+    ``binary_as_two_columns``: a one-output sigmoid network gives ``[1 − p, p]`` (scikit-learn's
+    ``predict_proba`` of two classes) instead of ``p``."""
     onnx = onnx_module()
     newest = int(onnx.defs.onnx_opset_version())
     if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= newest:
@@ -69,15 +72,24 @@ def to_model(net: ExportableNetwork, opset: int = DEFAULT_OPSET) -> Any:
                          f"z{layer + 1}")
         activation = hidden[layer] if layer < len(hidden) else config["output_activation"]
         current = builder.activation(activation, z, f"a{layer + 1}")
-    builder.node("Identity", [current], "output")
     sizes = config["sizes"]
-    return builder.model(sizes[0], sizes[-1], {"gpubp_version": __version__, "gpubp_config": json.dumps(config)})
+    outputs = sizes[-1]
+    if binary_as_two_columns:
+        if outputs != 1 or config["output_activation"] != "sigmoid":
+            raise GpubpValueError("binary_as_two_columns needs a network with one sigmoid output")
+        current = builder.node("Concat", [builder.node("Sub", [builder.scalar(1.0), current]), current], axis=1)
+        outputs = 2
+    builder.node("Identity", [current], "output")
+    properties = {"gpubp_version": __version__, "gpubp_config": json.dumps(config), **(metadata or {})}
+    return builder.model(sizes[0], outputs, properties)
 
 
-def export_network(net: ExportableNetwork, path: Any, opset: int = DEFAULT_OPSET) -> Path:
-    """Write ``net`` as an ONNX model to ``path`` (atomically; the previous file is kept on a failure)."""
+def export_network(net: ExportableNetwork, path: Any, opset: int = DEFAULT_OPSET,
+                   metadata: dict[str, str] | None = None, binary_as_two_columns: bool = False) -> Path:
+    """Write ``net`` as an ONNX model to ``path`` (atomically; the previous file is kept on a failure);
+    ``metadata`` and ``binary_as_two_columns`` as in :func:`to_model`."""
     target = check_output_path(path, "path")
-    model = to_model(net, opset)
+    model = to_model(net, opset, metadata, binary_as_two_columns)
     return write_atomic(target, lambda handle: handle.write(model.SerializeToString()))
 
 

@@ -40,12 +40,20 @@ How scikit-learn's settings map onto gpubp's (each exact unless said):
   step (scikit-learn catches it, warns and returns).
 * ``coefs_`` and ``intercepts_`` are copies of the network's weights: assigning a list changes the
   network, editing an array in place does not. The network itself is ``net_`` (a :class:`gpubp.MLP`).
+* ``init="glorot_uniform"`` (gpubp's parameter) draws the weights as scikit-learn does, uniform in
+  ±√(6/(fan_in + fan_out)) (scikit-learn draws the intercepts too, and narrows the range to
+  ±√(2/(fan_in + fan_out)) for ``logistic``; gpubp starts the intercepts at 0 and keeps the range);
+  ``"auto"`` is :class:`gpubp.MLP`'s He/Xavier choice.
+* ``max_fun`` is accepted and unused (scikit-learn's ``lbfgs`` only), so parameters copied from
+  scikit-learn's estimators work; ``solver="lbfgs"`` is refused.
+* Training that diverges raises :class:`DivergedError`, a ``ValueError`` as in scikit-learn.
 * ``dtype=None`` trains in the input's precision (float32 stays float32; everything else float64),
   as scikit-learn does; ``dtype="float32"`` is the fast choice on a GPU.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from typing import Any
@@ -53,9 +61,10 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, get_backend
-from .errors import BackendUnavailableError, GpubpWarning, OptionalDependencyError
+from .errors import BackendUnavailableError, DivergenceError, GpubpValueError, GpubpWarning, OptionalDependencyError
+from .init import SCHEMES
 from .mlp import MLP
-from .onnx import export_network
+from .onnx import DEFAULT_OPSET, export_network
 from .optim import SGD, Adam, Optimizer
 
 try:
@@ -70,6 +79,10 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
     raise OptionalDependencyError(
         f"gpubp.sklearn needs scikit-learn >= 1.6 ({error}); install it with: pip install \"gpubp[sklearn]\""
     ) from None
+
+class DivergedError(GpubpValueError):
+    """Training of an estimator produced NaN or Inf (a ``ValueError``, as scikit-learn's estimators raise)."""
+
 
 ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 """scikit-learn's activation names → gpubp's; gpubp's own names (gelu, silu, …) are accepted as they are."""
@@ -90,7 +103,8 @@ class _MLPEstimator(BaseEstimator):
                  random_state: Any = None, tol: float = 1e-4, verbose: bool = False, warm_start: bool = False,
                  momentum: float = 0.9, nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-8, n_iter_no_change: int = 10, backend: Any = "auto", dtype: Any = None):
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000, backend: Any = "auto",
+                 dtype: Any = None, init: str = "glorot_uniform"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -113,8 +127,10 @@ class _MLPEstimator(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
+        self.init = init
 
     # --- what the subclasses define ------------------------------------------------------------------------
     _is_classifier = False
@@ -134,6 +150,9 @@ class _MLPEstimator(BaseEstimator):
         sizes: list[Any] = [given] if np.isscalar(given) else list(given)
         if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        if not isinstance(self.activation, str):
+            raise ValueError(f"activation must be one name for every hidden layer, as in scikit-learn, got "
+                             f"{self.activation!r} (gpubp.MLP takes one per layer)")
         activation = self.activation if self.activation in GPUBP_ACTIVATIONS else ACTIVATION_NAMES.get(self.activation)
         if activation is None:
             raise ValueError(f"activation must be one of {sorted(ACTIVATION_NAMES) + list(GPUBP_ACTIVATIONS)}, "
@@ -156,6 +175,8 @@ class _MLPEstimator(BaseEstimator):
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, (int, np.integer))
                                               and not isinstance(self.batch_size, bool) and self.batch_size > 0)):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
+        if self.init not in ("auto", *SCHEMES):
+            raise ValueError(f"init must be one of {['auto', *SCHEMES]}, got {self.init!r}")
         if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
             raise ValueError(f"dtype must be None (the input's precision), 'float32' or 'float64', got {self.dtype!r}")
         return [int(s) for s in sizes], activation
@@ -204,9 +225,15 @@ class _MLPEstimator(BaseEstimator):
         epochs = 1 if incremental else self.max_iter
         self.n_iter_ = 0  # the epochs of this call (scikit-learn's count); loss_curve_ and t_ go on
         run = _Epochs(self, validation, x_train.shape[0], batch_size * _mean(w_train))
-        self.net_.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=self._optimizer,
-                      shuffle=bool(self.shuffle), progress=False, seed=seed, lr_schedule=run.learning_rate,
-                      sample_weight=w_train, callback=run.end_of_epoch)
+        try:
+            self.net_.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=self._optimizer,
+                          shuffle=bool(self.shuffle), progress=False, seed=seed, lr_schedule=run.learning_rate,
+                          sample_weight=w_train, callback=run.end_of_epoch)
+        except DivergenceError as error:  # in the estimator's terms, and the ValueError scikit-learn raises
+            raise DivergedError(
+                f"training diverged in epoch {self.n_iter_ + 1}: the loss or the gradients became NaN or Inf "
+                f"(learning_rate_init={self.learning_rate_init:g}). Scale the inputs (e.g. StandardScaler) or "
+                f"lower learning_rate_init. gpubp said: {error}") from error
         run.finish(incremental)
         return self
 
@@ -216,7 +243,7 @@ class _MLPEstimator(BaseEstimator):
         dtype = self.dtype if self.dtype is not None else ("float32" if X.dtype == np.float32 else "float64")
         seed = int(random_state.randint(np.iinfo(np.int32).max))
         return MLP([X.shape[1], *hidden, decided["n_outputs_"]], activation=activation, loss=decided["_loss_name"],
-                   backend=self.backend, dtype=np.dtype(dtype).name, seed=seed)
+                   backend=self.backend, dtype=np.dtype(dtype).name, seed=seed, init=self.init)
 
     def _reset(self, net: MLP, decided: dict[str, Any], random_state: Any) -> None:
         """The new network and the attributes of a first pass; counters and histories start again."""
@@ -336,10 +363,17 @@ class _MLPEstimator(BaseEstimator):
             meta, arrays = optimizer
             self._optimizer = Optimizer.from_state(self.net_.backend, self.net_.params, meta, arrays)
 
-    def to_onnx(self, path: Any) -> Any:
-        """Write the fitted network as ONNX (see :func:`gpubp.onnx.export_network`); returns the path."""
+    def to_onnx(self, path: Any, opset: int = DEFAULT_OPSET) -> Any:
+        """Write the fitted network as ONNX (see :mod:`gpubp.onnx`); returns the path. Its output is what
+        ``predict_proba`` (classifier) or ``predict`` (regressor, as ``(n, n_outputs)``) returns; the
+        input is the network's dtype (float64 unless fitted on float32 or with ``dtype="float32"``);
+        the metadata holds ``classes_`` as JSON. Preprocessing (a Pipeline's scaler) is not included."""
         check_is_fitted(self)
-        return export_network(self.net_, path)
+        metadata = {"sklearn_estimator": type(self).__name__}
+        if hasattr(self, "classes_"):
+            metadata["classes"] = json.dumps(self.classes_.tolist())
+        two_columns = self._is_classifier and self.n_outputs_ == 1 and not getattr(self, "_multilabel", False)
+        return export_network(self.net_, path, opset, metadata=metadata, binary_as_two_columns=two_columns)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -525,14 +559,16 @@ class MLPRegressor(RegressorMixin, _MLPEstimator):
                  random_state: Any = None, tol: float = 1e-4, verbose: bool = False, warm_start: bool = False,
                  momentum: float = 0.9, nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-8, n_iter_no_change: int = 10, backend: Any = "auto", dtype: Any = None):
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000, backend: Any = "auto",
+                 dtype: Any = None, init: str = "glorot_uniform"):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
             batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
             power_t=power_t, max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
             verbose=verbose, warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, backend=backend, dtype=dtype)
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, backend=backend, dtype=dtype,
+            init=init)
         self.loss = loss
 
     def _encode_targets(self, y: Any, first_pass: bool, classes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:

@@ -125,6 +125,13 @@ def test_auto_init_follows_activation(activation, scheme_std):
     assert np.all(net.get_weights()[1] == 0)
 
 
+def test_glorot_uniform_init_is_scikit_learns_draw():
+    W1 = gpubp.MLP([400, 300, 10], activation="relu", init="glorot_uniform", backend="numpy", seed=0).get_weights()[0]
+    bound = np.sqrt(6 / 700)
+    assert np.abs(W1).max() <= bound and np.abs(W1).max() > 0.99 * bound
+    assert W1.std() == pytest.approx(bound / np.sqrt(3), rel=0.02)
+
+
 def test_train_step_returns_0d_backend_array_and_updates(backend, rng):
     net = gpubp.MLP([4, 6, 2], backend=backend, seed=0)
     X, Y = rng.normal(size=(8, 4)), rng.normal(size=(8, 2))

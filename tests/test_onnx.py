@@ -116,5 +116,15 @@ def test_fitted_estimators_export(tmp_path, rng):
         regressor.fit(X, rng.normal(size=60))
     np.testing.assert_allclose(_run(classifier.to_onnx(tmp_path / "c.onnx"), X), classifier.predict_proba(X),
                                rtol=1e-12)
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "c.onnx")).metadata_props}
+    assert json.loads(props["classes"]) == ["a", "b", "c"] and props["sklearn_estimator"] == "MLPClassifier"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        binary = sklearn_mod.MLPClassifier((6,), max_iter=20, random_state=0, backend="numpy", dtype="float32")
+        binary.fit(X, rng.integers(0, 2, 60) > 0)
+    path = binary.to_onnx(tmp_path / "b.onnx")  # predict_proba's two columns, in float32
+    out = _run(path, X.astype(np.float32))
+    assert out.shape == (60, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out, binary.predict_proba(X), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(_run(regressor.to_onnx(tmp_path / "r.onnx"), X)[:, 0], regressor.predict(X),
                                rtol=1e-12)

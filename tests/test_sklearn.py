@@ -285,6 +285,8 @@ def test_dataframe_feature_names_and_partial_fit_classes():
     ({"batch_size": 0}, "batch_size must be"),
     ({"dtype": "float16"}, "dtype must be"),
     ({"validation_fraction": 1.0}, "validation_fraction must be"),
+    ({"activation": ["relu"]}, "activation must be one name for every hidden layer"),
+    ({"init": "orthogonal"}, "init must be one of"),
 ])
 def test_bad_parameters_are_named(params, words, rng):
     with pytest.raises(ValueError, match=words):
@@ -366,3 +368,22 @@ def test_early_stopping_keeps_an_earlier_calls_best_across_a_warm_start(digits):
         np.testing.assert_array_equal(a, b)
     restored = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(restored._best_params, est._best_params)
+
+
+def test_divergence_is_a_value_error_in_the_estimators_terms(rng):
+    from gpubp.sklearn import DivergedError
+
+    X, y = make_regression(60, 4, random_state=0)
+    est = MLPRegressor((8,), solver="sgd", learning_rate_init=10.0, max_iter=20, random_state=0, backend="numpy")
+    with pytest.raises(ValueError, match=r"learning_rate_init=10\b.*Scale the inputs") as caught:
+        est.fit(X, y * 1e3)
+    assert isinstance(caught.value, DivergedError) and "training diverged in epoch" in str(caught.value)
+
+
+def test_scikit_learn_parameters_that_gpubp_does_not_use_are_kept():
+    """max_fun is lbfgs's (which gpubp has not): kept, so parameters copied from scikit-learn's estimator work."""
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    theirs = SkMLPClassifier().get_params()
+    ours = MLPClassifier(**theirs).get_params()
+    assert {k: ours[k] for k in theirs} == theirs
