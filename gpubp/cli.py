@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import platform
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import benchmark, data, datasets, inputs, onnx, optim, selftest
+from . import benchmark, data, datasets, distributed, inputs, onnx, optim, selftest
 from ._version import __version__
 from .activations import ACTIVATIONS
 from .backends import _kernels, available_backends, cupy_status, get_backend
@@ -50,6 +52,8 @@ def _info(args: argparse.Namespace) -> int:
     lines.append(_kernel_line(usable))
     lines.append(f"auto picks: {get_backend('auto').name}")
     lines += extras_lines()
+    lines += [f"  {name}: {version}" for name, version in distributed.library_versions().items()
+              if name != "mpi4py"]
     print("\n".join(lines))
     return 0
 
@@ -57,7 +61,7 @@ def _info(args: argparse.Namespace) -> int:
 EXTRAS = {
     "cuda": (("cupy-cuda13x", "cupy-cuda12x", "cupy"), 'pip install "gpubp[cuda12]" or "gpubp[cuda13]"'),
     "plot": (("matplotlib",), 'pip install "gpubp[plot]"'),
-    "mpi": (("mpi4py", "mpich"), "mpi4py; gpubp does not train across processes yet"),
+    "mpi": (("mpi4py", "mpich"), 'pip install "gpubp[mpi]"'),
     "sklearn": (("scikit-learn",), 'pip install "gpubp[sklearn]"'),
     "onnx": (("onnx", "onnxruntime"), 'pip install "gpubp[onnx]"'),
 }
@@ -201,6 +205,14 @@ def _plural(n: int, word: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     _check_train_options(args)
+    comm = distributed.init() if args.distributed else None  # before the network: it picks this rank's GPU
+    if comm is not None and comm.rank != 0:  # rank 0 alone prints and writes files
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _run_training(args, comm)
+    return _run_training(args, comm)
+
+
+def _run_training(args: argparse.Namespace, comm: distributed.Communicator | None) -> int:
     task = _load_task(args)
     X, y = task["train"]
     hidden = args.hidden if args.hidden is not None else task["hidden"]
@@ -209,7 +221,7 @@ def _train(args: argparse.Namespace) -> int:
     optimizer = _optimizer(args, args.lr if args.lr is not None else task["lr"])
     n_val = inputs.validation_size(len(X), args.validation) if args.validation else 0
     n_test = 0 if task["test"] is None else len(task["test"][0])
-    print(f"gpubp {__version__}: {net}")
+    print(f"gpubp {__version__}: {net}" + (f"; data-parallel over {comm.size} ranks ({comm.kind})" if comm else ""))
     print(f"backend: {net.backend.name} on {net.backend.device_name()}; data: {task['name']}: "
           f"{len(X) - n_val} training, {n_val} validation" + (f", {n_test} test" if n_test else "") + " samples")
     print(f"optimizer: {optimizer}; lr schedule: {args.lr_schedule}; batch size {args.batch_size}; "
@@ -220,10 +232,12 @@ def _train(args: argparse.Namespace) -> int:
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                       validation_split=args.validation, progress="lines" if args.no_progress else True, seed=args.seed,
                       lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None,
-                      on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume)
+                      on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume,
+                      distributed=comm)
     summary = _summary(args, net, history, task, len(X) - n_val, time.perf_counter() - started)
-    _write_outputs(args, net, history, summary, f"{task['name'].split(' from ')[0]}: {net.sizes}, "
-                   f"{args.activation}, {optimizer}")
+    if comm is None or comm.rank == 0:
+        _write_outputs(args, net, history, summary, f"{task['name'].split(' from ')[0]}: {net.sizes}, "
+                       f"{args.activation}, {optimizer}")
     return 0
 
 
@@ -397,6 +411,9 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--plot", metavar="PATH", help="write the learning curves as a PNG (needs matplotlib)")
     train.add_argument("--no-progress", action="store_true",
                        help="no progress bar; one line per epoch on stdout instead, as each ends")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks of an MPI launch (mpiexec -n 4 gpubp train --distributed; "
+                       "NCCL between GPUs): each batch split between the ranks; rank 0 prints and writes files")
     train.set_defaults(run=_train)
 
 

@@ -194,10 +194,11 @@ def check_y(backend: Backend, Y: Any, n: int, width: int, loss: Loss, dtype: np.
     return False, array
 
 
-def check_sample_weight(backend: Backend, weight: Any, n: int, name: str = "sample_weight") -> Array | None:
+def check_sample_weight(backend: Backend, weight: Any, n: int, name: str = "sample_weight",
+                        scale: bool = True) -> Array | None:
     """Per-sample weights: None, or ``(n,)`` real numbers, finite, ≥ 0 and not all 0 (host or device);
     returned in float64 divided by the largest (a weighted mean does not change), so that no weight or
-    batch sum overflows the network's dtype."""
+    batch sum overflows the network's dtype — or, with ``scale=False``, as they are (in float64)."""
     if weight is None:
         return None
     xp = backend.xp if backend.is_device_array(weight) else np
@@ -213,7 +214,7 @@ def check_sample_weight(backend: Backend, weight: Any, n: int, name: str = "samp
     largest = float(array.max()) if n else 1.0
     if not largest > 0:
         raise GpubpValueError(f"{name} is zero for every sample; at least one weight must be positive")
-    return array.astype(np.float64) / largest
+    return array.astype(np.float64) / (largest if scale else 1.0)
 
 
 def _check_labels(array: Any, width: int, name: str) -> None:

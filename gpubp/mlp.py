@@ -29,7 +29,9 @@ from . import _validate as check
 from . import inputs, onnx, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
+from .distributed import agree, check_communicator
 from .errors import GpubpTypeError, GpubpValueError
+from .guard import Guard
 from .history import History
 from .init import SCHEMES, init_weights
 from .losses import Loss, get_loss
@@ -320,10 +322,16 @@ class MLP:
         return "no single place on re-running the step (the values were finite the second time)"
 
     # --- public API ---------------------------------------------------------------------------------------
-    def train_step(self, X: Any, Y: Any, optimizer: Optimizer, sample_weight: Any = None) -> Array:
+    def train_step(self, X: Any, Y: Any, optimizer: Optimizer, sample_weight: Any = None,
+                   distributed: Any = None) -> Array:
         """One gradient-descent step on the batch ``(X, Y)``; returns the loss as a 0-d backend array.
 
         ``sample_weight`` (``(n,)``, ≥ 0): the loss is the weighted mean ``Σ wₙ ℓₙ / Σ wₙ``.
+        ``distributed`` (a :class:`~gpubp.distributed.Communicator`): every rank passes the same batch and
+        computes the gradient of its part of the rows; one allreduce gives every rank the whole batch's
+        gradient and loss, and the same update (a step whose reduced gradient is not finite is skipped).
+        The ranks must start from the same weights (the same ``seed``, a distributed ``fit`` before, or
+        ``comm.broadcast(net.params)``): unlike ``fit``, a single step does not broadcast rank 0's.
 
         The step itself does not wait for the GPU and the loss comes back as a device
         scalar (``float(loss)`` waits for it). The input checks do: with device (CuPy)
@@ -333,9 +341,33 @@ class MLP:
         guard: check the returned loss.
         """
         optimizer = inputs.check_optimizer(optimizer)
+        if distributed is not None:
+            return self._reduced_step(X, Y, optimizer, sample_weight, check_communicator(distributed, "replicated"))
         with self.backend.activate():
             loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             optimizer.update(self.backend, self.params, self.grads)
+        return loss
+
+    def _reduced_step(self, X: Any, Y: Any, optimizer: Optimizer, sample_weight: Any, comm: Any) -> Array:
+        """:meth:`train_step` across the ranks of ``comm``: this rank's part of the rows, one reduced step."""
+        ws, error = None, None
+        with self.backend.activate():
+            try:
+                X = self.check_x(X)
+                n = X.shape[0]
+                is_labels, Y = self.check_y(Y, n)
+                weight = inputs.check_sample_weight(self.backend, sample_weight, n)  # one scale for every part
+                start, stop = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
+                if stop > start:
+                    ws = self.workspace(stop - start)
+                    self.backend.copy_into(ws.x, X[start:stop])
+                    ws.load_targets(is_labels, Y[start:stop])
+                    ws.load_weights(None if weight is None else weight[start:stop])
+            except (ValueError, TypeError) as failure:
+                error = failure
+            agree(comm, error, "load its part of the batch")
+            step = training.ReducedStep(self, optimizer, Guard(self.backend, self.grads, "skip_step", None), comm)
+            loss, _ = step(ws)
         return loss
 
     def loss_and_grads(self, X: Any, Y: Any, sample_weight: Any = None) -> tuple[float, list[HostArray]]:
@@ -415,7 +447,8 @@ class MLP:
             early_stopping: int | None = None, monitor: str | None = None, min_delta: float = 0.0,
             restore_best: bool = True, on_nonfinite: str = "raise", check_every: int | None = None,
             checkpoint: Any = None, resume: bool = False, checkpoint_every: int = 1,
-            sample_weight: Any = None, callback: Any = None) -> History:
+            sample_weight: Any = None, callback: Any = None, distributed: Any = None,
+            shard: str = "replicated") -> History:
         """Train by minibatch gradient descent; returns the per-epoch :class:`~gpubp.history.History`.
 
         ``X`` is ``(n_samples, sizes[0])``; ``Y`` is integer class labels ``(n,)`` for
@@ -429,6 +462,9 @@ class MLP:
         loss the weighted mean ``Σ wₙ ℓₙ / Σ wₙ`` (``validation_data`` may then be a triple
         ``(X_val, Y_val, sample_weight_val)``). ``callback(epoch, record)`` is called after each
         epoch with its metrics; it may add entries to ``record`` and returns True to stop the run.
+        ``distributed`` (a communicator from :func:`gpubp.distributed.init`) trains data-parallel: each
+        batch of ``batch_size`` rows is split between the ranks, with ``shard="replicated"`` (every rank
+        passes the same ``X, Y``) or ``"local"`` (each rank its own rows); see :mod:`gpubp.distributed`.
         Every argument is checked before anything changes; each is described in
         :class:`gpubp.training.FitConfig`, and the loop in :func:`gpubp.training.fit`.
         """
@@ -437,6 +473,6 @@ class MLP:
             seed=seed, validation_split=validation_split, lr_schedule=lr_schedule, early_stopping=early_stopping,
             monitor=monitor, min_delta=min_delta, restore_best=restore_best, on_nonfinite=on_nonfinite,
             check_every=check_every, checkpoint=checkpoint, resume=resume, checkpoint_every=checkpoint_every,
-            callback=callback)
+            callback=callback, distributed=distributed, shard=shard)
         with self.backend.activate():
             return training.fit(self, X, Y, config, validation_data, sample_weight)

@@ -17,6 +17,7 @@ reduction of the flat gradient buffer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -31,7 +32,8 @@ from . import _validate as check
 from . import checkpoint as checkpoints
 from . import inputs
 from .backends import Array, Backend
-from .errors import DivergenceError, GpubpTypeError, GpubpValueError, GpubpWarning
+from .distributed import Communicator, Partition, agree, check_communicator, check_identical
+from .errors import DivergenceError, GpubpError, GpubpTypeError, GpubpValueError, GpubpWarning
 from .guard import Guard, check_mode
 from .history import History
 from .losses import Loss
@@ -80,7 +82,10 @@ class FitConfig:
     ``check_every`` for the divergence guard (:mod:`gpubp.guard`);
     ``checkpoint`` (a path), ``checkpoint_every`` (epochs) and ``resume``;
     ``callback(epoch, record) -> bool``, called after each epoch with its metrics (it may
-    add entries, which the history keeps; True stops the run after that epoch).
+    add entries, which the history keeps; True stops the run after that epoch);
+    ``distributed`` (a :class:`~gpubp.distributed.Communicator`: every batch split between its
+    ranks, one allreduce of the gradients per step) and ``shard`` (``"replicated"``: every rank
+    passes the whole training set; ``"local"``: each rank its own rows) — see :mod:`gpubp.distributed`.
     A resume must be the same run: same data size, batch size, shuffling,
     ``epochs``, seed, schedule, optimizer class and hyperparameters.
     """
@@ -103,6 +108,8 @@ class FitConfig:
     resume: bool
     checkpoint_every: int
     callback: Callable[[int, dict[str, float]], Any] | None = None
+    distributed: Communicator | None = None
+    shard: str = "replicated"
 
     @classmethod
     def build(cls, *, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,
@@ -110,7 +117,8 @@ class FitConfig:
               lr_schedule: Any = None, early_stopping: int | None = None, monitor: str | None = None,
               min_delta: float = 0.0, restore_best: bool = True, on_nonfinite: str = "raise",
               check_every: int | None = None, checkpoint: Any = None, resume: bool = False,
-              checkpoint_every: int = 1, callback: Any = None) -> FitConfig:
+              checkpoint_every: int = 1, callback: Any = None, distributed: Any = None,
+              shard: str = "replicated") -> FitConfig:
         """The checked settings; raises naming the first bad argument."""
         epochs = check.positive_int("epochs", epochs)
         if callback is not None and not callable(callback):
@@ -121,6 +129,9 @@ class FitConfig:
             if not isinstance(flag, bool):
                 raise GpubpTypeError(f"{name} must be True or False, got {flag!r}")
         check.seed("seed", seed)
+        comm = check_communicator(distributed, shard)
+        if comm is not None and comm.rank != 0:
+            progress = False  # rank 0 alone shows progress
         return cls(
             epochs=epochs, batch_size=check.positive_int("batch_size", batch_size),
             optimizer=inputs.check_optimizer(optimizer if optimizer is not None else Adam()),
@@ -132,7 +143,8 @@ class FitConfig:
             restore_best=restore_best, on_nonfinite=check_mode(on_nonfinite),
             check_every=None if check_every is None else check.positive_int("check_every", check_every),
             checkpoint=_checkpoint_path(checkpoint, resume), resume=resume,
-            checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every), callback=callback)
+            checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every), callback=callback,
+            distributed=comm, shard=shard)
 
 
 def _checkpoint_path(checkpoint: Any, resume: bool) -> Path | None:
@@ -258,6 +270,49 @@ class Step:
         self.optimizer.update(model.backend, model.params, model.grads, skip=flag)
         return loss, flag
 
+    def totals(self, ws: Workspace, loss: Array) -> tuple[Any, Any, Any, Any]:
+        """What the step adds to the epoch's metrics: (Σ loss, size, correct answers, rows), a size being
+        the rows, or the sum of their sample weights."""
+        size = ws.batch if ws.weight_total is None else ws.weight_total
+        correct = self.model.count_correct(ws) if self.model.loss.classification else 0
+        return loss * size, size, correct, ws.batch
+
+
+class ReducedStep(Step):
+    """One step across the ranks of ``comm``: each rank's gradient as a sum over its rows, one allreduce of
+    the flat gradient buffer and one of ``[Σ loss, size, correct, rows]``, the division by the whole
+    batch's size; then the guard's flag and the update, computed from the same numbers on every rank.
+
+    A rank with no rows in the batch (``ws`` None) contributes zeros.
+    """
+
+    def __init__(self, model: TrainableModel, optimizer: Optimizer, guard: Guard, comm: Communicator) -> None:
+        super().__init__(model, optimizer, guard)
+        self.comm = comm
+        self.sums = model.backend.zeros((4,), model.dtype)
+
+    def __call__(self, ws: Workspace | None) -> tuple[Array, Array]:
+        model, xp, sums = self.model, self.model.backend.xp, self.sums
+        if ws is None:
+            model.grads.fill(0)
+            sums.fill(0)
+        else:
+            loss = model.compute_gradients(ws)
+            loss_sum, size, correct, rows = super().totals(ws, loss)
+            xp.multiply(model.grads, size, out=model.grads)  # the mean over this rank's rows, as a sum
+            sums[0], sums[1], sums[2], sums[3] = loss_sum, size, correct, rows
+        self.comm.allreduce(model.grads)
+        self.comm.allreduce(sums)
+        total = xp.where(sums[1] > 0, sums[1], 1)
+        xp.divide(model.grads, total, out=model.grads)
+        loss = sums[0] / total
+        flag = self.guard.flag(loss)
+        self.optimizer.update(model.backend, model.params, model.grads, skip=flag)
+        return loss, flag
+
+    def totals(self, ws: Workspace | None, loss: Array) -> tuple[Any, Any, Any, Any]:
+        return self.sums[0], self.sums[1], self.sums[2], self.sums[3]
+
 
 def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
         validation_data: tuple[Any, ...] | None = None, sample_weight: Any = None) -> History:
@@ -266,8 +321,46 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
     ``validation_data`` is ``(X_val, Y_val)`` or ``(X_val, Y_val, sample_weight_val)``;
     ``sample_weight`` (``(n,)``, ≥ 0) makes every batch's loss the weighted mean and the
     epoch's metrics weighted means (held-out rows of ``validation_split`` keep their weights).
+
+    With ``config.distributed``, every rank calls this with the same settings: a rank that fails
+    its checks makes every rank raise; settings that differ between ranks make every rank raise,
+    naming them; rank 0's weights are broadcast; and a rank that fails during training ends the
+    job (:meth:`~gpubp.distributed.Communicator.abort`) rather than leave the others waiting.
     """
-    return _Run(model, X, Y, config, validation_data, sample_weight).train()
+    comm = config.distributed
+    if comm is None:
+        single = _Run(model, X, Y, config, validation_data, sample_weight)
+        single.connect(Communicator())
+        single.restore()
+        return single.train()
+    given_seed = config.seed
+    config = dataclasses.replace(config, seed=comm.broadcast_object(_resolve_seed(config)))  # one seed for all
+    run: _Run | None = None
+    error: BaseException | None = None
+    try:
+        run = _Run(model, X, Y, config, validation_data, sample_weight)  # local checks only: no collective
+    except (GpubpError, ValueError, TypeError, OSError) as failure:
+        error = failure
+    agree(comm, error, "start training")
+    assert run is not None
+    check_identical(comm, {**run.settings(), "seed given": given_seed})
+    run.connect(comm)  # collectives, the same on every rank now that the settings are
+    try:
+        run.restore()
+    except (GpubpError, ValueError, TypeError, OSError) as failure:
+        error = failure
+    agree(comm, error, "resume from the checkpoint")
+    comm.broadcast(model.params)  # a rank whose network was initialised from another seed trains rank 0's
+    try:
+        return run.train()
+    except DivergenceError:  # raised on every rank alike: the guard reads the reduced gradients
+        raise
+    except BaseException as failure:
+        if comm.size > 1:
+            print(f"gpubp: rank {comm.rank} of {comm.size} failed during training ({type(failure).__name__}: "
+                  f"{failure}); ending every rank", file=sys.stderr, flush=True)
+            comm.abort(1)
+        raise
 
 
 def _resolve_seed(config: FitConfig) -> int:
@@ -287,9 +380,10 @@ class _Run:
     def __init__(self, model: TrainableModel, X: Any, Y: Any, config: FitConfig,
                  validation_data: tuple[Any, ...] | None, sample_weight: Any = None) -> None:
         self.model, self.config, self.backend = model, config, model.backend
+        self.rank = config.distributed.rank if config.distributed is not None else 0
         X = model.check_x(X)
         is_labels, Y = model.check_y(Y, X.shape[0])
-        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
+        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0], scale=False)
         if config.validation_split:
             if validation_data is not None:
                 raise GpubpValueError("give validation_data or validation_split, not both")
@@ -306,12 +400,14 @@ class _Run:
         self.seed = _resolve_seed(config)
         self.rng = np.random.default_rng(self.seed)
         if config.validation_split:
+            # each rank holds out its own rows when each has its own (shard="local"); else all the same rows
+            split_rng = np.random.default_rng([self.seed, self.rank]) if config.shard == "local" else self.rng
             xp = self.backend.xp if self.backend.is_device_array(X) else np
             if xp is not np:  # device X: Y and the weights indexed by the same device index
                 Y, weight = (a if a is None or self.backend.is_device_array(a) else self.backend.asarray(a)
                              for a in (Y, weight))
             (X, Y, weight), (x_val, y_val, w_val) = inputs.split_validation(X, Y, config.validation_split,
-                                                                            self.rng, xp, weight)
+                                                                            split_rng, xp, weight)
             if w_val is not None and not float(w_val.max()) > 0:
                 raise GpubpValueError("sample_weight is 0 for every row that validation_split held out; "
                                       "the validation metrics would be undefined")
@@ -320,10 +416,11 @@ class _Run:
             self.validation = (x_val, is_labels, y_val, w_val)
         self.is_labels, self.n = is_labels, X.shape[0]
         self.x_all, self.y_all = inputs.training_set_to_device(self.backend, X, Y, model.dtype, is_labels)
-        self.weight_all = (None if weight is None else
-                           inputs.to_device(self.backend, weight, model.dtype).reshape(self.n, 1))
+        self.weight: Any = weight  # on the device, scaled by the largest of any rank, in connect()
+        self.weight_all: Array | None = None
         self.guard = Guard(self.backend, model.grads, config.on_nonfinite, config.check_every)
-        self.step = Step(model, config.optimizer, self.guard)
+        self.step: Step = Step(model, config.optimizer, self.guard)
+        self.partition: Partition | None = None
         self.early = EarlyStopping(monitor, config.early_stopping, config.min_delta)
         keep_best = config.early_stopping is not None and config.restore_best
         self.best_params = self.backend.empty(model.params.shape, model.params.dtype) if keep_best else None
@@ -331,12 +428,46 @@ class _Run:
         self.history = History()
         self.history.monitor = monitor
         self.steps_done, self.first_epoch = 0, 1
-        if config.resume and config.checkpoint is not None and config.checkpoint.exists():
-            self._resume(config.checkpoint)
-        elif config.checkpoint is not None and config.checkpoint.exists():
-            warnings.warn(f"checkpoint {str(config.checkpoint)!r} exists and will be overwritten by this new run "
+
+    def connect(self, comm: Communicator) -> None:
+        """The set-up that involves every rank (one, without ``distributed``): this rank's rows of each
+        batch, the sample weights scaled by the largest of any rank, the step."""
+        config, model = self.config, self.model
+        self.partition = Partition(comm, self.n, config.batch_size, config.shard == "local")
+        w_val = self.validation[3] if self.validation is not None else None
+        maxima = comm.allgather([None if w is None else float(w.max()) for w in (self.weight, w_val)])
+        largest = [max((m[i] for m in maxima if m[i] is not None), default=1.0) for i in (0, 1)]
+        if self.weight is not None:
+            self.weight_all = inputs.to_device(self.backend, self.weight / largest[0], model.dtype).reshape(self.n, 1)
+        if self.validation is not None and w_val is not None:
+            self.validation = (*self.validation[:3], w_val / largest[1])
+        if config.distributed is not None:
+            self.step = ReducedStep(model, config.optimizer, self.guard, comm)
+
+    def restore(self) -> None:
+        """Resume from the checkpoint when asked to (or warn that a new run will overwrite it)."""
+        config = self.config
+        checkpoint = config.checkpoint
+        if config.resume and checkpoint is not None and checkpoint.exists():
+            self._resume(checkpoint)
+        elif checkpoint is not None and checkpoint.exists() and self.rank == 0:
+            warnings.warn(f"checkpoint {str(checkpoint)!r} exists and will be overwritten by this new run "
                           f"after its first epoch; pass resume=True (--resume) to continue it instead",
                           GpubpWarning, stacklevel=4)
+
+    def settings(self) -> dict[str, Any]:
+        """What every rank of a distributed fit must have alike (compared before the first step)."""
+        c, model = self.config, self.model
+        data = {"features": int(self.x_all.shape[1]), "integer labels": self.is_labels,
+                "sample weights": self.weight is not None, "validation data": self.validation is not None}
+        if c.shard != "local":
+            data["training rows"] = self.n
+        run = {"batch_size": c.batch_size, "shuffle": c.shuffle, "seed": self.seed, "epochs": c.epochs,
+               "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "shard": c.shard}
+        return {"network": model.config(), "optimizer": [type(c.optimizer).__name__, c.optimizer.hyperparameters()],
+                **data, **run, "early_stopping": [c.early_stopping, self.early.monitor, c.min_delta, c.restore_best],
+                "on_nonfinite": [c.on_nonfinite, c.check_every], "checkpoint": [c.checkpoint is not None, c.resume,
+                                                                                c.checkpoint_every]}
 
     def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array, Array | None]:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -349,10 +480,16 @@ class _Run:
         return x_val, is_labels, y_val, w_val
 
     def run_identity(self) -> dict[str, Any]:
-        """What a checkpoint records of the run, and a resume must match."""
+        """What a checkpoint records of the run, and a resume must match. A run whose ranks hold their own
+        rows (``shard="local"``) also records how many ranks there were: each rank's shard is its own."""
         c = self.config
-        return {"n_train": self.n, "batch_size": c.batch_size, "shuffle": c.shuffle, "seed": self.seed,
-                "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "epochs": c.epochs}
+        assert self.partition is not None
+        identity = {"n_train": self.partition.n_global, "batch_size": c.batch_size, "shuffle": c.shuffle,
+                    "seed": self.seed, "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(),
+                    "epochs": c.epochs}
+        if c.shard == "local":
+            identity.update(shard="local", world_size=self.partition.size)
+        return identity
 
     def _resume(self, path: Path) -> None:
         resumed = checkpoints.restore(path, self.model, self.config.optimizer, self.run_identity(),
@@ -402,11 +539,21 @@ class _Run:
         c = self.config
         return epoch % c.checkpoint_every == 0 or epoch == c.epochs or self.history.stopped_epoch is not None
 
+    def _order(self, epoch: int) -> Array:
+        """The epoch's order of this rank's rows: a permutation drawn from the run's generator (the same on
+        every rank when they hold the same rows), or from (seed, rank, epoch) for a rank's own shard."""
+        if not self.config.shuffle:
+            return self.backend.asarray(np.arange(self.n))
+        if self.config.shard == "local":
+            return self.backend.asarray(np.random.default_rng([self.seed, self.rank, epoch]).permutation(self.n))
+        return self.backend.asarray(self.rng.permutation(self.n))
+
     def _epoch(self, epoch: int) -> None:
         """Train one epoch, validate, record, and judge it for early stopping."""
         c, model = self.config, self.model
-        n_batches = -(-self.n // c.batch_size)
-        order = self.backend.asarray(self.rng.permutation(self.n) if c.shuffle else np.arange(self.n))
+        assert self.partition is not None
+        n_batches = self.partition.n_batches
+        order = self._order(epoch)
         started = time.perf_counter()
         with progress_bar(c.progress, n_batches, f"epoch {epoch}/{c.epochs}") as bar:
             total_loss, correct, used, weight_used, skipped = self._batches(epoch, order, n_batches, bar)
@@ -424,7 +571,7 @@ class _Run:
             if c.on_nonfinite == "skip_step":
                 record["skipped_steps"] = skipped
             validation_time = self._validate(record)
-            record.update(lr=c.optimizer.lr, time=train_time, samples_per_s=self.n / train_time)
+            record.update(lr=c.optimizer.lr, time=train_time, samples_per_s=self.partition.n_global / train_time)
             if validation_time is not None:
                 record["val_time"] = validation_time
             if isinstance(bar, EpochLine):
@@ -445,18 +592,39 @@ class _Run:
             self.history.stopped_epoch = epoch
 
     def _validate(self, record: dict[str, float]) -> float | None:
-        """Add the validation metrics to ``record``; their time in seconds (None without validation data)."""
+        """Add the validation metrics to ``record``; their time in seconds (None without validation data).
+        Distributed, each rank evaluates its part and the sums are reduced: every rank records the same."""
         if self.validation is None:
             return None
         started = time.perf_counter()
         x_val, is_labels, y_val, w_val = self.validation
-        for key, value in self.model.evaluate_checked(x_val, is_labels, y_val, weight=w_val).items():
-            record[f"val_{key}"] = value
+        comm, model = self.config.distributed, self.model
+        if comm is None:
+            for key, value in model.evaluate_checked(x_val, is_labels, y_val, weight=w_val).items():
+                record[f"val_{key}"] = value
+            return time.perf_counter() - started
+        assert self.partition is not None
+        start, stop = self.partition.validation_rows(int(x_val.shape[0]))
+        sums = np.zeros(3)  # Σ loss·size, Σ correct, Σ size
+        if stop > start:
+            part = None if w_val is None else w_val[start:stop]
+            metrics = model.evaluate_checked(x_val[start:stop], is_labels, y_val[start:stop], weight=part)
+            size = float(stop - start) if part is None else float(part.sum())
+            sums[:] = metrics["loss"] * size, metrics.get("accuracy", 0.0) * model.accuracy_denominator(size), size
+        comm.allreduce(sums)
+        record["val_loss"] = float(sums[0] / sums[2])
+        if model.loss.classification:
+            record["val_accuracy"] = float(sums[1] / model.accuracy_denominator(sums[2]))
         return time.perf_counter() - started
 
-    def _load(self, order: Array, batch: int) -> Workspace:
-        """Batch number ``batch`` of this epoch's ``order``, gathered into its workspace."""
-        index = order[batch * self.config.batch_size:(batch + 1) * self.config.batch_size]
+    def _load(self, order: Array, batch: int) -> Workspace | None:
+        """This rank's rows of batch number ``batch`` of the epoch's ``order``, gathered into their workspace
+        (None when it has none in this batch)."""
+        assert self.partition is not None
+        start, stop = self.partition.rows(batch)
+        if stop <= start:
+            return None
+        index = order[start:stop]
         ws = self.model.workspace(int(index.shape[0]))
         ws.gather(self.x_all, self.y_all, index, self.is_labels, self.weight_all)
         return ws
@@ -477,24 +645,24 @@ class _Run:
         skipped = 0
 
         def diagnose(batch: int) -> str:
-            return model.find_nonfinite(self._load(order, batch))
+            ws = self._load(order, batch)
+            return model.find_nonfinite(ws) if ws is not None else "another rank (this one had no rows in the batch)"
 
         for batch in range(n_batches):
             ws = self._load(order, batch)
             self.steps_done += 1
-            loss, flag = self.step(ws)
-            batch_correct = model.count_correct(ws) if model.loss.classification else 0
-            size = ws.batch if ws.weight_total is None else ws.weight_total
+            loss, flag = self.step(ws)  # type: ignore[arg-type]  # None only reaches a ReducedStep
+            loss_sum, size, batch_correct, rows = self.step.totals(ws, loss)  # type: ignore[arg-type]
             if skipping:
                 keep = flag[0] == 0
-                total_loss = total_loss + xp.where(keep, loss * size, 0.0)
+                total_loss = total_loss + xp.where(keep, loss_sum, 0.0)
                 correct = correct + xp.where(keep, batch_correct, 0)
-                used = used + xp.where(keep, ws.batch, 0)
+                used = used + xp.where(keep, rows, 0)
                 weight_used = weight_used + xp.where(keep, size, 0.0)
             else:
-                total_loss = total_loss + loss * size
+                total_loss = total_loss + loss_sum
                 correct = correct + batch_correct
-                used = used + ws.batch
+                used = used + rows
                 weight_used = weight_used + size
             if self.guard.record(self.steps_done, epoch, batch) or batch == n_batches - 1:
                 skipped += self.guard.check(diagnose, self.config.optimizer.lr)
@@ -503,6 +671,8 @@ class _Run:
         return total_loss, correct, used, weight_used, skipped
 
     def _save(self, path: Path, epoch: int) -> None:
+        if self.rank != 0:  # rank 0 alone writes; every rank holds the same weights and progress
+            return
         progress = {"epoch": epoch, "step": self.steps_done, "rng_state": self.rng.bit_generator.state,
                     "history": self.history.to_state(), "early_stopping": self.early.state(),
                     **self.run_identity()}

@@ -271,7 +271,7 @@ def test_a_resume_that_runs_out_of_memory_changes_nothing(tmp_path, monkeypatch)
     """Every parameter-sized allocation of fit's set-up and resume (best weights, the optimizer's state)
     is made to fail in turn: each time, weights and optimizer are as they were."""
     path = tmp_path / "ck.npz"
-    real_init = training._Run.__init__
+    real_init, real_restore = training._Run.__init__, training._Run.restore
 
     def set_up(run, model, *args):  # allocations fail only while fit sets up and resumes
         model.backend.armed = True
@@ -280,7 +280,15 @@ def test_a_resume_that_runs_out_of_memory_changes_nothing(tmp_path, monkeypatch)
         finally:
             model.backend.armed = False
 
+    def restore(run):  # the resume happens here
+        run.model.backend.armed = True
+        try:
+            real_restore(run)
+        finally:
+            run.model.backend.armed = False
+
     monkeypatch.setattr(training._Run, "__init__", set_up)
+    monkeypatch.setattr(training._Run, "restore", restore)
     X, y = _data()
     settings = dict(batch_size=50, progress=False, seed=0, early_stopping=5, monitor="loss", checkpoint=path)
     crashed = {"epochs": 4}
