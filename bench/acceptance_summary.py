@@ -3,7 +3,8 @@
     python bench/acceptance_summary.py OUTDIR SECONDS DRY_RUN > OUTDIR/summary.md
 
 Reads what the steps left in OUTDIR (status.tsv, selftest.json, gpu_tests.xml, kernels.json,
-bench.json, bench_tf32.json, fashion_mnist.json, sklearn.json, info.txt); whatever is missing is said to be missing.
+bench.json, bench_tf32.json, fashion_mnist.json, sklearn.json, distributed.json, info.txt); whatever is
+missing is said to be missing.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ def sklearn_comparison(out: Path) -> list[str]:
     return lines
 
 
+def distributed_step(out: Path) -> list[str]:
+    report = _json(out / "distributed.json")
+    if report is None:
+        return ["distributed step: not run or no report."]
+    lines = ["distributed step (bench/distributed_step.py):", "",
+             "| ranks | backend | rows/rank | step ms | allreduce ms | share | samples/s |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["rows"]:
+        lines.append(f"| {row['ranks']} | {row['backend']} | {row['rows_per_rank']} | {row['step_ms']:.3f} | "
+                     f"{row['allreduce_ms']:.3f} | {row['communication_share']:.1%} | {row['samples_per_s']:.0f} |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     out, seconds, dry = Path(argv[1]), int(argv[2]), argv[3] == "1"
     info = (out / "info.txt").read_text(encoding="utf-8") if (out / "info.txt").exists() else ""
@@ -117,7 +131,8 @@ def main(argv: list[str]) -> int:
         ("kernel benchmark", lambda: kernels(out)),
         ("gpubp bench", lambda: bench(out, "bench.json", "gpubp bench, CPU and GPU")),
         ("gpubp bench, TF32", lambda: bench(out, "bench_tf32.json", "gpubp bench, TF32")),
-        ("Fashion-MNIST", lambda: fashion(out)), ("scikit-learn", lambda: sklearn_comparison(out))]
+        ("Fashion-MNIST", lambda: fashion(out)), ("scikit-learn", lambda: sklearn_comparison(out)),
+        ("distributed", lambda: distributed_step(out))]
     for name, part in parts:
         try:  # one unexpected file must not cost the rest of the page
             lines += [*part(), ""]

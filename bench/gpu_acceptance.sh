@@ -15,6 +15,8 @@
 #                                                   -> fashion_mnist.txt, fashion_mnist.json
 #   8. bench/sklearn_compare.py: gpubp.sklearn on the GPU against scikit-learn's MLPClassifier on the CPU
 #      (Fashion-MNIST when present, and digits; float32, one seed) -> sklearn.txt, sklearn.json
+#   9. bench/distributed_step.py on the GPU: the step fit(distributed=…) runs, 1 rank and 2 ranks sharing the
+#      GPU over MPI, with the allreduce's share   -> distributed.txt, distributed.json
 # then summary.md: every step's status and time, and the figures that matter. Each step has its own time
 # limit; a failing or timed-out step is recorded and the next one runs. The exit code is 0 only when every
 # step passed.
@@ -65,6 +67,7 @@ if [ "$DRY" = "1" ]; then
     TF32_SWEEP=(--widths 64 --depths 2 --batches 256 --repeats 1 --no-torch)
     EPOCHS=1
     SKLEARN=(--datasets digits --seeds 1 --dtypes float32)
+    DISTRIBUTED=(--backend numpy --sizes 64,64,10 --batch 256 --steps 3)
 else
     BACKEND=cupy
     export GPUBP_REQUIRE_GPU=1
@@ -75,14 +78,15 @@ else
     TF32_SWEEP=(--widths 1024,4096,8192 --depths 4 --batches 4096,16384 --repeats 3)
     EPOCHS=30
     SKLEARN=(--seeds 1 --dtypes float32)
+    DISTRIBUTED=(--backend cupy --steps 50)
 fi
 
 step "gpubp info" 15 info.txt "$PY" -m gpubp.cli info
-step "gpubp selftest" 60 selftest.txt "$PY" -m gpubp.cli selftest "${SELFTEST_ARGS[@]}" --json "$OUT/selftest.json"
-step "GPU tests" 150 gpu_tests.txt "$PY" -m pytest -p no:cacheprovider "${PYTEST_ARGS[@]}" \
+step "gpubp selftest" 50 selftest.txt "$PY" -m gpubp.cli selftest "${SELFTEST_ARGS[@]}" --json "$OUT/selftest.json"
+step "GPU tests" 140 gpu_tests.txt "$PY" -m pytest -p no:cacheprovider "${PYTEST_ARGS[@]}" \
     --junitxml "$OUT/gpu_tests.xml"
 step "kernel benchmark" 35 kernels.txt "${KERNELS[@]}"
-step "gpubp bench (CPU and GPU)" 130 bench.txt "$PY" -m gpubp.cli bench --backend all "${SWEEP[@]}" \
+step "gpubp bench (CPU and GPU)" 120 bench.txt "$PY" -m gpubp.cli bench --backend all "${SWEEP[@]}" \
     --json "$OUT/bench.json" --markdown "$OUT/bench.md" --plot "$OUT/bench.png"
 step "gpubp bench, TF32" 30 bench_tf32.txt "$PY" -m gpubp.cli bench --backend "$BACKEND" \
     --matmul-precision tf32 "${TF32_SWEEP[@]}" --json "$OUT/bench_tf32.json" --markdown "$OUT/bench_tf32.md"
@@ -97,6 +101,8 @@ fi
 
 step "scikit-learn comparison" 30 sklearn.txt "$PY" bench/sklearn_compare.py --backend "$BACKEND" \
     "${SKLEARN[@]}" --json "$OUT/sklearn.json"
+step "distributed step" 30 distributed.txt "$PY" bench/distributed_step.py "${DISTRIBUTED[@]}" \
+    --json "$OUT/distributed.json"
 
 "$PY" bench/acceptance_summary.py "$OUT" "$(( $(date +%s) - STARTED ))" "$DRY" > "$OUT/summary.md"
 cat "$OUT/summary.md"
