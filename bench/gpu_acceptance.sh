@@ -66,7 +66,7 @@ if [ "$DRY" = "1" ]; then
     SWEEP=(--widths 64 --depths 2 --batches 256 --repeats 1 --no-torch)
     TF32_SWEEP=(--widths 64 --depths 2 --batches 256 --repeats 1 --no-torch)
     EPOCHS=1
-    SKLEARN=(--datasets digits --seeds 1 --dtypes float32)
+    SKLEARN=(--datasets digits --seeds 1 --dtypes float32 --epochs 2)
     DISTRIBUTED=(--backend numpy --sizes 64,64,10 --batch 256 --steps 3)
 else
     BACKEND=cupy

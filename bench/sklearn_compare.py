@@ -68,9 +68,10 @@ def fit_once(estimator: Any, x_train: np.ndarray, y_train: np.ndarray, x_test: n
     return seconds, float(estimator.score(x_test, y_test))
 
 
-def compare(name: str, dtype: str, data: tuple, seeds: int, backend: str) -> dict[str, Any]:
+def compare(name: str, dtype: str, data: tuple, seeds: int, backend: str, epochs: int | None) -> dict[str, Any]:
     x_train, x_test, y_train, y_test = (data[0].astype(dtype), data[1].astype(dtype), data[2], data[3])
-    common = dict(SETTINGS[name], solver="adam", learning_rate_init=1e-3, alpha=1e-4, tol=0.0,
+    settings = dict(SETTINGS[name], **({"max_iter": epochs} if epochs else {}))
+    common = dict(settings, solver="adam", learning_rate_init=1e-3, alpha=1e-4, tol=0.0,
                   n_iter_no_change=10_000)
     results: dict[str, dict[str, list[float]]] = {"sklearn": {"fit_s": [], "accuracy": []},
                                                   "gpubp": {"fit_s": [], "accuracy": []}}
@@ -81,8 +82,8 @@ def compare(name: str, dtype: str, data: tuple, seeds: int, backend: str) -> dic
             seconds, accuracy = fit_once(estimator, x_train, y_train, x_test, y_test)
             results[which]["fit_s"].append(seconds)
             results[which]["accuracy"].append(accuracy)
-    row: dict[str, Any] = {"dataset": name, "dtype": dtype, "n_train": len(x_train), **SETTINGS[name],
-                           "hidden_layer_sizes": list(SETTINGS[name]["hidden_layer_sizes"])}
+    row: dict[str, Any] = {"dataset": name, "dtype": dtype, "n_train": len(x_train), **settings,
+                           "hidden_layer_sizes": list(settings["hidden_layer_sizes"])}
     for which, values in results.items():
         row[f"{which}_fit_s"] = statistics.median(values["fit_s"])
         row[f"{which}_accuracy"] = statistics.fmean(values["accuracy"])
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="fashion-mnist,digits")
     parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for every dataset (default: each one's)")
     parser.add_argument("--data-dir", default=None, help="the Fashion-MNIST IDX files (default: the Debian path)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows and machine info as JSON")
     args = parser.parse_args()
@@ -117,7 +119,7 @@ def main() -> int:
             print(f"{name}: skipped: {error}")
             continue
         for dtype in args.dtypes.split(","):
-            row = compare(name, dtype, data, args.seeds, backend.name)
+            row = compare(name, dtype, data, args.seeds, backend.name, args.epochs)
             rows.append(row)
             print(f"{name:<14} {dtype:<8} {str(tuple(row['hidden_layer_sizes'])):<11} {row['batch_size']:>5} "
                   f"{row['max_iter']:>6} {row['sklearn_fit_s']:9.2f} {row['gpubp_fit_s']:8.2f} {row['speedup']:7.2f} "

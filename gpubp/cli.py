@@ -205,7 +205,7 @@ def _plural(n: int, word: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     _check_train_options(args)
-    comm = distributed.init() if args.distributed else None  # before the network: it picks this rank's GPU
+    comm = distributed.init(args.comm) if args.distributed else None  # before the network: it picks the GPU
     if comm is not None and comm.rank != 0:  # rank 0 alone prints and writes files
         with contextlib.redirect_stdout(io.StringIO()):
             return _run_training(args, comm)
@@ -414,6 +414,9 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks of an MPI launch (mpiexec -n 4 gpubp train --distributed; "
                        "NCCL between GPUs): each batch split between the ranks; rank 0 prints and writes files")
+    train.add_argument("--comm", choices=list(distributed.BACKENDS), default="auto",
+                       help="with --distributed: NCCL between GPUs (auto, where every rank has a GPU of its own) "
+                       "or MPI; default: %(default)s")
     train.set_defaults(run=_train)
 
 

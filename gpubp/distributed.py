@@ -27,7 +27,8 @@ import importlib
 import json
 import os
 import sys
-from typing import Any, NoReturn
+import time
+from typing import Any, Callable, NoReturn, TypeVar
 
 import numpy as np
 
@@ -39,6 +40,9 @@ LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2
 """Environment variables by which MPI launchers (Open MPI, MPICH/Intel MPI's hydra, PMIx, MVAPICH,
 Slurm's srun) tell a process how many ranks were started."""
 
+T = TypeVar("T")
+ABORT_GRACE_S = 0.5
+"""How long a failing rank waits, its messages flushed, before ``MPI_Abort`` ends every rank."""
 BACKENDS = ("auto", "mpi", "nccl")
 INSTALL_HINT = 'pip install "gpubp[mpi]" (mpi4py and MPICH from PyPI), or mpi4py built against your system MPI'
 
@@ -60,6 +64,8 @@ class Communicator:
 
     def __init__(self) -> None:
         self.rank, self.size, self.local_rank = 0, 1, 0
+        self.local_size = 1
+        """Ranks on this machine."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
@@ -97,7 +103,7 @@ class MPICommunicator(Communicator):
         self.comm, self.mpi = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         node = comm.Split_type(mpi.COMM_TYPE_SHARED)
-        self.local_rank = node.Get_rank()
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self.cuda_aware = _cuda_aware(mpi)
         self._pinned: dict[tuple[int, str], Any] = {}
@@ -148,6 +154,7 @@ class MPICommunicator(Communicator):
     def abort(self, code: int = 1) -> NoReturn:
         sys.stderr.flush()
         sys.stdout.flush()
+        time.sleep(ABORT_GRACE_S)  # the launcher forwards this rank's last words before it ends the job
         self.comm.Abort(code)
         os._exit(code)  # Abort does not return; should an MPI library let it, end this rank anyway
 
@@ -160,7 +167,7 @@ class NCCLCommunicator(Communicator):
     def __init__(self, host: Communicator, nccl: Any) -> None:
         super().__init__()
         self.host, self.nccl_module = host, nccl
-        self.rank, self.size, self.local_rank = host.rank, host.size, host.local_rank
+        self.rank, self.size, self.local_rank, self.local_size = host.rank, host.size, host.local_rank, host.local_size
         unique_id = host.broadcast_object(nccl.get_unique_id() if host.rank == 0 else None)
         self.nccl = nccl.NcclCommunicator(host.size, unique_id, host.rank)
 
@@ -225,8 +232,9 @@ def init(backend: str = "auto") -> Communicator:
     """The communicator of this process's job.
 
     Started by ``mpiexec``/``srun`` with several ranks: an :class:`MPICommunicator` over
-    ``MPI.COMM_WORLD`` — or, with ``backend="nccl"`` (or ``"auto"`` where CuPy is usable and
-    has NCCL), an :class:`NCCLCommunicator` on top of it. Where CuPy is usable, each rank
+    ``MPI.COMM_WORLD`` — or, with ``backend="nccl"`` (or ``"auto"`` where CuPy is usable, has
+    NCCL, and every rank on a machine has a GPU of its own, as NCCL requires), an
+    :class:`NCCLCommunicator` on top of it. Where CuPy is usable, each rank
     first makes GPU ``local_rank % device_count`` its current device, so that networks with
     ``backend="auto"``/``"cupy"`` built afterwards live there. Started without a launcher:
     a :class:`Communicator` of size 1 (for ``"nccl"``, NCCL with one rank), without mpi4py.
@@ -237,14 +245,21 @@ def init(backend: str = "auto") -> Communicator:
     if launched_size() > 1:
         host = MPICommunicator(mpi_module().COMM_WORLD, mpi_module())
     gpu, _ = cupy_status()
+    devices = 0
     if gpu:
         cupy = importlib.import_module("cupy")
-        cupy.cuda.Device(host.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+        devices = cupy.cuda.runtime.getDeviceCount()
+        cupy.cuda.Device(host.local_rank % devices).use()
     nccl = _nccl_module() if gpu else None
-    if backend == "nccl" and nccl is None:
-        raise GpubpValueError("backend='nccl' needs CuPy with NCCL on a usable GPU: "
-                              + ("CuPy has no NCCL (cupy.cuda.nccl)" if gpu else "there is no usable GPU"))
-    if nccl is not None and (backend == "nccl" or (backend == "auto" and host.size > 1)):
+    if backend == "nccl":
+        if nccl is None:
+            raise GpubpValueError("backend='nccl' needs CuPy with NCCL on a usable GPU: "
+                                  + ("CuPy has no NCCL (cupy.cuda.nccl)" if gpu else "there is no usable GPU"))
+        if host.local_size > devices:
+            raise GpubpValueError(f"backend='nccl' needs a GPU of its own for every rank: {host.local_size} ranks "
+                                  f"share {devices} GPU(s) on this machine; start fewer ranks or use backend='mpi'")
+    if nccl is not None and (backend == "nccl" or (backend == "auto" and 1 < host.size
+                                                   and host.local_size <= devices)):
         return NCCLCommunicator(host, nccl)
     return host
 
@@ -303,6 +318,18 @@ def agree(comm: Communicator, error: BaseException | None, what: str) -> None:
         raise GpubpValueError(f"rank {rank}{more} could not {what}: {message}")
 
 
+def agreed(comm: Communicator, function: Callable[[], T], what: str) -> T:
+    """``function()`` on every rank, then :func:`agree` on how it went: its result where every rank
+    succeeded, else the failure raised on every rank."""
+    result, error = None, None
+    try:
+        result = function()
+    except Exception as failure:  # whatever it is, every rank must hear of it
+        error = failure
+    agree(comm, error, what)
+    return result  # type: ignore[return-value]
+
+
 def check_identical(comm: Communicator, settings: dict[str, Any]) -> None:
     """Raise on every rank, naming the setting and each rank's value, where the ranks' ``settings`` differ."""
     everyone = comm.allgather(_canonical(settings))
@@ -334,10 +361,10 @@ class Partition:
         self.rank, self.size, self.n, self.sharded = comm.rank, comm.size, n, sharded
         self.batch_size = batch_size
         if sharded:
-            self.local_batch = batch_size // comm.size + (1 if comm.rank < batch_size % comm.size else 0)
-            if self.local_batch == 0:
+            if batch_size < comm.size:  # decided alike on every rank, before the collective below
                 raise GpubpValueError(f"batch_size={batch_size} is smaller than the {comm.size} ranks; with "
                                       f"shard='local' every rank needs at least one row per step")
+            self.local_batch = batch_size // comm.size + (1 if comm.rank < batch_size % comm.size else 0)
             shards = comm.allgather((n, self.local_batch))
             self.n_global = sum(rows for rows, _ in shards)
             self.n_batches = max(-(-rows // local) for rows, local in shards)

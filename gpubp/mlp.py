@@ -20,6 +20,7 @@ surface below (:meth:`MLP.load_batch`, :meth:`MLP.compute_gradients`, …).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from . import _validate as check
 from . import inputs, onnx, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
-from .distributed import agree, check_communicator
+from .distributed import Communicator, agree, agreed, check_communicator
 from .errors import GpubpTypeError, GpubpValueError
 from .guard import Guard
 from .history import History
@@ -363,7 +364,7 @@ class MLP:
                     self.backend.copy_into(ws.x, X[start:stop])
                     ws.load_targets(is_labels, Y[start:stop])
                     ws.load_weights(None if weight is None else weight[start:stop])
-            except (ValueError, TypeError) as failure:
+            except Exception as failure:  # whatever it is, every rank must hear of it
                 error = failure
             agree(comm, error, "load its part of the batch")
             step = training.ReducedStep(self, optimizer, Guard(self.backend, self.grads, "skip_step", None), comm)
@@ -468,11 +469,14 @@ class MLP:
         Every argument is checked before anything changes; each is described in
         :class:`gpubp.training.FitConfig`, and the loop in :func:`gpubp.training.fit`.
         """
-        config = training.FitConfig.build(
+        build = functools.partial(
+            training.FitConfig.build,
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, shuffle=shuffle, progress=progress,
             seed=seed, validation_split=validation_split, lr_schedule=lr_schedule, early_stopping=early_stopping,
             monitor=monitor, min_delta=min_delta, restore_best=restore_best, on_nonfinite=on_nonfinite,
             check_every=check_every, checkpoint=checkpoint, resume=resume, checkpoint_every=checkpoint_every,
             callback=callback, distributed=distributed, shard=shard)
+        config = agreed(distributed, build, "check its fit arguments") if isinstance(distributed, Communicator) \
+            else build()
         with self.backend.activate():
             return training.fit(self, X, Y, config, validation_data, sample_weight)

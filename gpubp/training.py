@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,14 +33,14 @@ from . import _validate as check
 from . import checkpoint as checkpoints
 from . import inputs
 from .backends import Array, Backend
-from .distributed import Communicator, Partition, agree, check_communicator, check_identical
-from .errors import DivergenceError, GpubpError, GpubpTypeError, GpubpValueError, GpubpWarning
+from .distributed import Communicator, Partition, agreed, check_communicator, check_identical
+from .errors import DivergenceError, GpubpTypeError, GpubpValueError, GpubpWarning
 from .guard import Guard, check_mode
 from .history import History
 from .losses import Loss
 from .optim import Adam, Optimizer
 from .schedules import Schedule, checked_lr, get_schedule
-from .serialization import check_output_path, read_metadata
+from .serialization import check_output_path, check_path, read_metadata
 from .workspace import Workspace
 
 
@@ -142,17 +143,18 @@ class FitConfig:
             monitor=monitor, min_delta=check.positive_float("min_delta", min_delta, allow_zero=True),
             restore_best=restore_best, on_nonfinite=check_mode(on_nonfinite),
             check_every=None if check_every is None else check.positive_int("check_every", check_every),
-            checkpoint=_checkpoint_path(checkpoint, resume), resume=resume,
+            checkpoint=_checkpoint_path(checkpoint, resume, writer=comm is None or comm.rank == 0), resume=resume,
             checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every), callback=callback,
             distributed=comm, shard=shard)
 
 
-def _checkpoint_path(checkpoint: Any, resume: bool) -> Path | None:
+def _checkpoint_path(checkpoint: Any, resume: bool, writer: bool = True) -> Path | None:
+    """The checkpoint's path, checked as a file the ``writer`` (rank 0 of a distributed run) can write."""
     if checkpoint is None:
         if resume:
             raise GpubpValueError("resume=True needs checkpoint=PATH, the file to resume from")
         return None
-    return check_output_path(checkpoint, "checkpoint")
+    return check_output_path(checkpoint, "checkpoint") if writer else check_path(checkpoint)
 
 
 def check_monitor(monitor: str | None, classification: bool, has_validation: bool) -> str:
@@ -289,7 +291,7 @@ class ReducedStep(Step):
     def __init__(self, model: TrainableModel, optimizer: Optimizer, guard: Guard, comm: Communicator) -> None:
         super().__init__(model, optimizer, guard)
         self.comm = comm
-        self.sums = model.backend.zeros((4,), model.dtype)
+        self.sums = model.backend.zeros((4,), np.float64)  # counts stay exact past float32's 2²⁴
 
     def __call__(self, ws: Workspace | None) -> tuple[Array, Array]:
         model, xp, sums = self.model, self.model.backend.xp, self.sums
@@ -331,25 +333,18 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
     if comm is None:
         single = _Run(model, X, Y, config, validation_data, sample_weight)
         single.connect(Communicator())
-        single.restore()
+        checkpoint = config.checkpoint
+        single.restore(checkpoint if config.resume and checkpoint is not None and checkpoint.exists() else None)
         return single.train()
     given_seed = config.seed
-    config = dataclasses.replace(config, seed=comm.broadcast_object(_resolve_seed(config)))  # one seed for all
-    run: _Run | None = None
-    error: BaseException | None = None
-    try:
-        run = _Run(model, X, Y, config, validation_data, sample_weight)  # local checks only: no collective
-    except (GpubpError, ValueError, TypeError, OSError) as failure:
-        error = failure
-    agree(comm, error, "start training")
-    assert run is not None
+    seed = comm.broadcast_object(agreed(comm, lambda: _resolve_seed(config) if comm.rank == 0 else None,
+                                        "choose the seed"))
+    config = dataclasses.replace(config, seed=seed)  # one seed for all: the same permutations and split
+    run = agreed(comm, lambda: _Run(model, X, Y, config, validation_data, sample_weight), "start training")
     check_identical(comm, {**run.settings(), "seed given": given_seed})
-    run.connect(comm)  # collectives, the same on every rank now that the settings are
-    try:
-        run.restore()
-    except (GpubpError, ValueError, TypeError, OSError) as failure:
-        error = failure
-    agree(comm, error, "resume from the checkpoint")
+    agreed(comm, lambda: run.connect(comm), "set up its part of the training")
+    with _checkpoint_of_rank_0(comm, config) as source:  # rank 0's file, whether or not the others see it
+        agreed(comm, lambda: run.restore(source), "resume from the checkpoint")
     comm.broadcast(model.params)  # a rank whose network was initialised from another seed trains rank 0's
     try:
         return run.train()
@@ -361,6 +356,28 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
                   f"{failure}); ending every rank", file=sys.stderr, flush=True)
             comm.abort(1)
         raise
+
+
+@contextlib.contextmanager
+def _checkpoint_of_rank_0(comm: Communicator, config: FitConfig) -> Iterator[Path | None]:
+    """The checkpoint to resume from on this rank, or None for a new run: rank 0's own file, and on the
+    other ranks a temporary copy of its bytes (only rank 0 writes checkpoints; the others may run on
+    machines that do not see its disk)."""
+    checkpoint = config.checkpoint
+    wanted = config.resume and checkpoint is not None
+
+    def read() -> bytes | None:
+        assert checkpoint is not None
+        return checkpoint.read_bytes() if comm.rank == 0 and checkpoint.exists() else None
+
+    payload = comm.broadcast_object(agreed(comm, read, "read the checkpoint") if wanted else None)
+    if payload is None or comm.rank == 0:
+        yield checkpoint if payload is not None else None
+        return
+    with tempfile.TemporaryDirectory(prefix="gpubp-resume-") as directory:
+        copy = Path(directory) / "checkpoint.npz"
+        copy.write_bytes(payload)
+        yield copy
 
 
 def _resolve_seed(config: FitConfig) -> int:
@@ -444,12 +461,12 @@ class _Run:
         if config.distributed is not None:
             self.step = ReducedStep(model, config.optimizer, self.guard, comm)
 
-    def restore(self) -> None:
-        """Resume from the checkpoint when asked to (or warn that a new run will overwrite it)."""
-        config = self.config
-        checkpoint = config.checkpoint
-        if config.resume and checkpoint is not None and checkpoint.exists():
-            self._resume(checkpoint)
+    def restore(self, source: Path | None) -> None:
+        """Resume from ``source`` (the checkpoint, or a copy of rank 0's), or, with None, start a new run
+        (warning that it will overwrite an existing checkpoint)."""
+        checkpoint = self.config.checkpoint
+        if source is not None:
+            self._resume(source)
         elif checkpoint is not None and checkpoint.exists() and self.rank == 0:
             warnings.warn(f"checkpoint {str(checkpoint)!r} exists and will be overwritten by this new run "
                           f"after its first epoch; pass resume=True (--resume) to continue it instead",
@@ -466,7 +483,7 @@ class _Run:
                "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "shard": c.shard}
         return {"network": model.config(), "optimizer": [type(c.optimizer).__name__, c.optimizer.hyperparameters()],
                 **data, **run, "early_stopping": [c.early_stopping, self.early.monitor, c.min_delta, c.restore_best],
-                "on_nonfinite": [c.on_nonfinite, c.check_every], "checkpoint": [c.checkpoint is not None, c.resume,
+                "on_nonfinite": [c.on_nonfinite, self.guard.every], "checkpoint": [c.checkpoint is not None, c.resume,
                                                                                 c.checkpoint_every]}
 
     def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array, Array | None]:
@@ -491,9 +508,17 @@ class _Run:
             identity.update(shard="local", world_size=self.partition.size)
         return identity
 
+    def _accept_progress(self, progress: dict[str, Any]) -> None:
+        """The checkpoint's early-stopping state, and its kind of run: a checkpoint of ranks that held
+        their own rows (``shard="local"``) continues only as such a run."""
+        if progress.get("shard") == "local" and self.config.shard != "local":
+            raise GpubpValueError("the checkpoint was written by a run whose ranks held their own rows "
+                                  "(shard='local'); resume it with shard='local' and the same ranks")
+        self.early.load_state(progress["early_stopping"])
+
     def _resume(self, path: Path) -> None:
         resumed = checkpoints.restore(path, self.model, self.config.optimizer, self.run_identity(),
-                                      lambda progress: self.early.load_state(progress["early_stopping"]))
+                                      self._accept_progress)
         self.rng.bit_generator.state = resumed.rng_state
         self.history, self.steps_done = resumed.history, resumed.step
         self.history.monitor = self.early.monitor
@@ -580,6 +605,8 @@ class _Run:
                 hidden = ("time", "samples_per_s", "val_time")
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in hidden})
         stop = bool(c.callback(epoch, record)) if c.callback is not None else False
+        if c.distributed is not None and c.callback is not None:  # one decision: stop when any rank's says so
+            stop = any(c.distributed.allgather(stop))
         self.history.append(epoch, record)
         if self.early.update(record):
             self.history.best_epoch = epoch
@@ -606,10 +633,10 @@ class _Run:
         assert self.partition is not None
         start, stop = self.partition.validation_rows(int(x_val.shape[0]))
         sums = np.zeros(3)  # Σ loss·size, Σ correct, Σ size
-        if stop > start:
-            part = None if w_val is None else w_val[start:stop]
+        part = None if w_val is None else w_val[start:stop]
+        size = float(stop - start) if part is None else float(part.sum())
+        if size > 0:  # (a part whose weights are all zero adds nothing)
             metrics = model.evaluate_checked(x_val[start:stop], is_labels, y_val[start:stop], weight=part)
-            size = float(stop - start) if part is None else float(part.sum())
             sums[:] = metrics["loss"] * size, metrics.get("accuracy", 0.0) * model.accuracy_denominator(size), size
         comm.allreduce(sums)
         record["val_loss"] = float(sums[0] / sums[2])

@@ -38,12 +38,16 @@ def optimizer(options: dict) -> gpubp.optim.Optimizer:
     return gpubp.optim.SGD(0.05, momentum=0.9)
 
 
-def fit_settings(options: dict) -> dict:
-    settings = dict(epochs=options.get("epochs", 6), batch_size=options.get("batch_size", 32), seed=5,
+def fit_settings(options: dict, rank: int = 0) -> dict:
+    epochs = options.get("epochs_by_rank", {}).get(str(rank), options.get("epochs", 6))
+    settings = dict(epochs=epochs, batch_size=options.get("batch_size", 32), seed=5,
                     progress=options.get("progress", False), validation_split=options.get("validation_split", 0.2),
                     early_stopping=options.get("early_stopping", 3), shuffle=options.get("shuffle", True))
-    if options.get("checkpoint"):
-        settings.update(checkpoint=options["checkpoint"], resume=options.get("resume", False))
+    checkpoint = options.get("checkpoint_by_rank", {}).get(str(rank), options.get("checkpoint"))
+    if checkpoint:
+        settings.update(checkpoint=checkpoint, resume=options.get("resume", False))
+    if options.get("stop_rank") is not None:  # a callback that wants to stop on one rank only
+        settings["callback"] = lambda epoch, record: rank == options["stop_rank"] and epoch == 2
     return settings
 
 
@@ -66,9 +70,19 @@ def run(scenario: str, out: Path, options: dict, comm: distributed.Communicator)
         _fail_on(net, comm, options["fail_rank"], options["fail_step"])
     if scenario == "interrupt":
         _interrupt_at(options["interrupt_epoch"], comm)
-    history = net.fit(X, y, optimizer=optimizer(options), distributed=comm,
+    if options.get("memory_error_rank") == comm.rank:
+        def no_memory(*args, **kwargs):
+            raise MemoryError("injected: no host memory")
+        net.check_x = no_memory  # type: ignore[method-assign]
+    validation = None
+    if options.get("validation_weights_zero_on_rank_0"):  # rank 0's half of the validation weights is zero
+        X, x_val, y, y_val, weight, w_val = X[40:], X[:40], y[40:], y[:40], weight[40:], np.ones(40)
+        w_val[:20] = 0
+        validation = (x_val, y_val, w_val)
+    history = net.fit(X, y, optimizer=optimizer(options), distributed=comm, validation_data=validation,
                       shard="local" if scenario == "shard" else "replicated",
-                      sample_weight=weight if options.get("weighted") else None, **fit_settings(options))
+                      sample_weight=weight if options.get("weighted") else None,
+                      **{**fit_settings(options, comm.rank), **({"validation_split": 0.0} if validation else {})})
     return {"params": net.backend.to_host(net.params), "loss": np.array(history["loss"]),
             "val_loss": np.array(history["val_loss"] if "val_loss" in history.keys() else []),
             "stopped": np.array(-1 if history.stopped_epoch is None else history.stopped_epoch)}
@@ -108,7 +122,7 @@ def main() -> int:
     comm = distributed.init(options.get("comm", "auto"))
     try:
         result = run(scenario, out, options, comm)
-    except GpubpError as error:
+    except (GpubpError, MemoryError) as error:
         print(f"rank {comm.rank} raised {type(error).__name__}: {error}", flush=True)
         return 3
     np.savez(out / f"{scenario}.{comm.rank}.npz", size=comm.size, **result)

@@ -280,10 +280,10 @@ def test_a_resume_that_runs_out_of_memory_changes_nothing(tmp_path, monkeypatch)
         finally:
             model.backend.armed = False
 
-    def restore(run):  # the resume happens here
+    def restore(run, source):  # the resume happens here
         run.model.backend.armed = True
         try:
-            real_restore(run)
+            real_restore(run, source)
         finally:
             run.model.backend.armed = False
 
