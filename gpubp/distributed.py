@@ -24,6 +24,7 @@ collective.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -244,12 +245,8 @@ def init(backend: str = "auto") -> Communicator:
     host: Communicator = Communicator()
     if launched_size() > 1:
         host = MPICommunicator(mpi_module().COMM_WORLD, mpi_module())
+    devices = _use_local_gpu(host.local_rank)  # before CuPy's probe, so no rank opens a context on GPU 0
     gpu, _ = cupy_status()
-    devices = 0
-    if gpu:
-        cupy = importlib.import_module("cupy")
-        devices = cupy.cuda.runtime.getDeviceCount()
-        cupy.cuda.Device(host.local_rank % devices).use()
     nccl = _nccl_module() if gpu else None
     if backend == "nccl":
         if nccl is None:
@@ -262,6 +259,21 @@ def init(backend: str = "auto") -> Communicator:
                                                    and host.local_size <= devices)):
         return NCCLCommunicator(host, nccl)
     return host
+
+
+def _use_local_gpu(local_rank: int) -> int:
+    """Make GPU ``local_rank % count`` this process's current device; the number of GPUs (0 without CuPy
+    or a device; counting them opens no CUDA context)."""
+    if importlib.util.find_spec("cupy") is None:
+        return 0
+    try:
+        cupy = importlib.import_module("cupy")
+        count = int(cupy.cuda.runtime.getDeviceCount())
+        if count:
+            cupy.cuda.Device(local_rank % count).use()
+        return count
+    except Exception:  # a broken CUDA set-up: cupy_status says why
+        return 0
 
 
 def _nccl_module() -> Any:

@@ -64,6 +64,9 @@ class _FakeRuntime:
     def runtimeGetVersion(self):  # noqa: N802
         return self.runtime
 
+    def getDevice(self):  # noqa: N802
+        return 0
+
     def getDeviceCount(self):  # noqa: N802
         if self.count_error:
             raise RuntimeError(self.count_error)

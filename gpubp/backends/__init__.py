@@ -38,7 +38,7 @@ def cupy_status() -> tuple[bool, str]:
 
     Checks, in order: CuPy importable, an NVIDIA driver present, the driver
     new enough for CuPy's CUDA runtime, at least one device, and a small
-    computation on device 0 that really runs.
+    computation on the current device (0 unless one was chosen) that really runs.
     """
     usable, reason, _ = _probe_cupy()
     return usable, reason
@@ -88,13 +88,14 @@ def _probe_devices(cupy: Any, runtime_version: int, driver_version: int) -> tupl
         return False, f"no usable CUDA device: {error}", "NoDevice" not in str(error)
     if count == 0:
         return False, "no CUDA device found", False
+    device = cupy.cuda.runtime.getDevice()  # 0, unless chosen first (gpubp.distributed.init picks each rank's)
     try:
-        with cupy.cuda.Device(0):
+        with cupy.cuda.Device(device):
             probe = cupy.arange(8, dtype=cupy.float32)
             if float((probe * 2).sum()) != 56.0:
-                return False, "a test computation on CUDA device 0 returned a wrong result", True
+                return False, f"a test computation on CUDA device {device} returned a wrong result", True
     except Exception as error:
-        return False, f"a test computation on CUDA device 0 failed: {type(error).__name__}: {error}", True
+        return False, f"a test computation on CUDA device {device} failed: {type(error).__name__}: {error}", True
     return True, (
         f"CuPy {cupy.__version__}, CUDA runtime {_cuda_version(runtime_version)}, "
         f"driver CUDA {_cuda_version(driver_version)}, {count} device(s)"
