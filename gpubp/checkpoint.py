@@ -151,7 +151,7 @@ def _progress(source: Path, progress: dict[str, Any]) -> tuple[int, int, dict[st
 
 
 def restore(path: Any, model: Model, optimizer: Optimizer, run: dict[str, Any],
-            accept_progress: Callable[[dict[str, Any]], None] | None = None) -> Resumed:
+            accept_progress: Callable[[dict[str, Any]], None] | None = None, shown: Any = None) -> Resumed:
     """Load a checkpoint into ``model`` and ``optimizer`` for ``fit(resume=True)``.
 
     In order: every check (format, same network, same run, same optimizer,
@@ -162,6 +162,7 @@ def restore(path: Any, model: Model, optimizer: Optimizer, run: dict[str, Any],
     best-weights buffer) before calling.
     """
     source, metadata, arrays = read_checkpoint(path)
+    source = Path(shown) if shown is not None else source  # what messages call it (a copy's original)
     check_same_run(source, metadata, arrays, model, optimizer, run)
     epoch, step, rng_state, history, early = _progress(source, metadata["progress"])
     if accept_progress is not None:

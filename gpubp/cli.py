@@ -174,6 +174,13 @@ def _check_train_options(args: argparse.Namespace) -> None:
         raise GpubpValueError(f"--samples must be >= 1, got {args.samples}")
     if args.early_stopping < 0:
         raise GpubpValueError(f"--early-stopping must be >= 0 (0: off), got {args.early_stopping}")
+    if args.comm != "auto" and not args.distributed:
+        raise GpubpValueError(f"--comm {args.comm} needs --distributed (it says how the ranks communicate)")
+    ranks = distributed.launched_size()
+    if ranks > 1 and not args.distributed:
+        logging.getLogger("gpubp").warning(
+            "gpubp: started as one of %d ranks by a launcher but without --distributed: every rank trains alone "
+            "and writes the same output files; add --distributed to train one network over all of them", ranks)
     if args.momentum is not None and args.optimizer != "sgd":
         raise GpubpValueError(f"--momentum is SGD's; --optimizer {args.optimizer} has none (use --optimizer sgd)")
     if args.momentum is not None and not 0 <= args.momentum < 1:
@@ -205,7 +212,10 @@ def _plural(n: int, word: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     _check_train_options(args)
-    comm = distributed.init(args.comm) if args.distributed else None  # before the network: it picks the GPU
+    try:  # before the network: it picks this rank's GPU
+        comm = distributed.init(args.comm) if args.distributed else None
+    except GpubpValueError as error:
+        raise GpubpValueError(f"--comm {args.comm}: {error}") from None
     if comm is not None and comm.rank != 0:  # rank 0 alone prints and writes files
         with contextlib.redirect_stdout(io.StringIO()):
             return _run_training(args, comm)

@@ -291,7 +291,7 @@ def library_versions() -> dict[str, str]:
     try:
         mpi4py = importlib.import_module("mpi4py")
         found["mpi4py"] = str(mpi4py.__version__)
-        found["MPI library"] = mpi_module().Get_library_version().splitlines()[0].strip()
+        found["MPI library"] = " ".join(mpi_module().Get_library_version().split()[:3])
     except (ImportError, RuntimeError) as error:
         found.setdefault("mpi4py", f"not usable ({error})")
     if cupy_status()[0]:

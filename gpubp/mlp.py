@@ -341,9 +341,9 @@ class MLP:
         runs its steps without any. Unlike :meth:`fit`, a single step has no divergence
         guard: check the returned loss.
         """
-        optimizer = inputs.check_optimizer(optimizer)
         if distributed is not None:
             return self._reduced_step(X, Y, optimizer, sample_weight, check_communicator(distributed, "replicated"))
+        optimizer = inputs.check_optimizer(optimizer)
         with self.backend.activate():
             loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             optimizer.update(self.backend, self.params, self.grads)
@@ -354,6 +354,7 @@ class MLP:
         ws, error = None, None
         with self.backend.activate():
             try:
+                optimizer = inputs.check_optimizer(optimizer)
                 X = self.check_x(X)
                 n = X.shape[0]
                 is_labels, Y = self.check_y(Y, n)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import sys
 import tempfile
 import time
@@ -343,8 +344,8 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
     run = agreed(comm, lambda: _Run(model, X, Y, config, validation_data, sample_weight), "start training")
     check_identical(comm, {**run.settings(), "seed given": given_seed})
     agreed(comm, lambda: run.connect(comm), "set up its part of the training")
-    with _checkpoint_of_rank_0(comm, config) as source:  # rank 0's file, whether or not the others see it
-        agreed(comm, lambda: run.restore(source), "resume from the checkpoint")
+    copy = _checkpoint_of_rank_0(comm, config)  # rank 0's file's bytes, whether or not the others see it
+    agreed(comm, lambda: run.restore_from(copy, comm.rank), "resume from the checkpoint")
     comm.broadcast(model.params)  # a rank whose network was initialised from another seed trains rank 0's
     try:
         return run.train()
@@ -358,26 +359,17 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
         raise
 
 
-@contextlib.contextmanager
-def _checkpoint_of_rank_0(comm: Communicator, config: FitConfig) -> Iterator[Path | None]:
-    """The checkpoint to resume from on this rank, or None for a new run: rank 0's own file, and on the
-    other ranks a temporary copy of its bytes (only rank 0 writes checkpoints; the others may run on
-    machines that do not see its disk)."""
+def _checkpoint_of_rank_0(comm: Communicator, config: FitConfig) -> bytes | None:
+    """The bytes of the checkpoint to resume from, read by rank 0 and sent to every rank (only rank 0 writes
+    checkpoints; the others may run on machines that do not see its disk); None for a new run."""
     checkpoint = config.checkpoint
-    wanted = config.resume and checkpoint is not None
+    if not (config.resume and checkpoint is not None):
+        return None
 
     def read() -> bytes | None:
-        assert checkpoint is not None
         return checkpoint.read_bytes() if comm.rank == 0 and checkpoint.exists() else None
 
-    payload = comm.broadcast_object(agreed(comm, read, "read the checkpoint") if wanted else None)
-    if payload is None or comm.rank == 0:
-        yield checkpoint if payload is not None else None
-        return
-    with tempfile.TemporaryDirectory(prefix="gpubp-resume-") as directory:
-        copy = Path(directory) / "checkpoint.npz"
-        copy.write_bytes(payload)
-        yield copy
+    return comm.broadcast_object(agreed(comm, read, "read the checkpoint"))
 
 
 def _resolve_seed(config: FitConfig) -> int:
@@ -461,6 +453,16 @@ class _Run:
         if config.distributed is not None:
             self.step = ReducedStep(model, config.optimizer, self.guard, comm)
 
+    def restore_from(self, copy: bytes | None, rank: int) -> None:
+        """:meth:`restore` from rank 0's checkpoint: its own file on rank 0, a temporary copy of its bytes
+        elsewhere (errors still name the checkpoint's path)."""
+        if copy is None or rank == 0:
+            return self.restore(self.config.checkpoint if copy is not None else None)
+        with tempfile.TemporaryDirectory(prefix="gpubp-resume-") as directory:
+            source = Path(directory) / "checkpoint.npz"
+            source.write_bytes(copy)
+            self.restore(source)
+
     def restore(self, source: Path | None) -> None:
         """Resume from ``source`` (the checkpoint, or a copy of rank 0's), or, with None, start a new run
         (warning that it will overwrite an existing checkpoint)."""
@@ -475,10 +477,12 @@ class _Run:
     def settings(self) -> dict[str, Any]:
         """What every rank of a distributed fit must have alike (compared before the first step)."""
         c, model = self.config, self.model
-        data = {"features": int(self.x_all.shape[1]), "integer labels": self.is_labels,
-                "sample weights": self.weight is not None, "validation data": self.validation is not None}
-        if c.shard != "local":
+        data: dict[str, Any] = {"features": int(self.x_all.shape[1]), "integer labels": self.is_labels,
+                                "sample weights": self.weight is not None,
+                                "validation data": self.validation is not None}
+        if c.shard != "local":  # every rank must pass the same rows: their count and a sample of their bytes
             data["training rows"] = self.n
+            data["training data sample"] = self._fingerprint()
         run = {"batch_size": c.batch_size, "shuffle": c.shuffle, "seed": self.seed, "epochs": c.epochs,
                "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "shard": c.shard}
         return {"network": model.config(), "optimizer": [type(c.optimizer).__name__, c.optimizer.hyperparameters()],
@@ -495,6 +499,15 @@ class _Run:
         w_val = (inputs.check_sample_weight(self.backend, validation_data[2], x_val.shape[0], "validation_data[2]")
                  if len(validation_data) == 3 else None)
         return x_val, is_labels, y_val, w_val
+
+    def _fingerprint(self) -> str:
+        """A digest of every ⌈n/64⌉-th row of the training inputs and targets (exact bytes, so the same data
+        gives the same digest on any device)."""
+        step = max(1, self.n // 64)
+        digest = hashlib.sha256()
+        for array in (self.x_all, self.y_all):
+            digest.update(np.ascontiguousarray(self.backend.to_host(array[::step])).tobytes())
+        return digest.hexdigest()[:16]
 
     def run_identity(self) -> dict[str, Any]:
         """What a checkpoint records of the run, and a resume must match. A run whose ranks hold their own
@@ -518,7 +531,7 @@ class _Run:
 
     def _resume(self, path: Path) -> None:
         resumed = checkpoints.restore(path, self.model, self.config.optimizer, self.run_identity(),
-                                      self._accept_progress)
+                                      self._accept_progress, shown=self.config.checkpoint)
         self.rng.bit_generator.state = resumed.rng_state
         self.history, self.steps_done = resumed.history, resumed.step
         self.history.monitor = self.early.monitor
@@ -605,7 +618,7 @@ class _Run:
                 hidden = ("time", "samples_per_s", "val_time")
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in hidden})
         stop = bool(c.callback(epoch, record)) if c.callback is not None else False
-        if c.distributed is not None and c.callback is not None:  # one decision: stop when any rank's says so
+        if c.distributed is not None:  # one decision (whether or not this rank has a callback): any rank's stop
             stop = any(c.distributed.allgather(stop))
         self.history.append(epoch, record)
         if self.early.update(record):

@@ -48,6 +48,8 @@ def fit_settings(options: dict, rank: int = 0) -> dict:
         settings.update(checkpoint=checkpoint, resume=options.get("resume", False))
     if options.get("stop_rank") is not None:  # a callback that wants to stop on one rank only
         settings["callback"] = lambda epoch, record: rank == options["stop_rank"] and epoch == 2
+    if options.get("callback_on_rank_0_only") and rank == 0:  # the others pass none
+        settings["callback"] = lambda epoch, record: epoch == 2
     return settings
 
 
@@ -56,7 +58,7 @@ def run(scenario: str, out: Path, options: dict, comm: distributed.Communicator)
     net = network(options, comm.rank)
     if scenario == "step":  # train_step does not broadcast: the ranks start from the same weights themselves
         net = network(options, 0)
-        step_optimizer = optimizer(options)
+        step_optimizer = "sgd" if options.get("bad_optimizer_rank") == comm.rank else optimizer(options)
         losses = [float(net.train_step(X[:64], y[:64], step_optimizer, sample_weight=weight[:64], distributed=comm))
                   for _ in range(3)]
         return {"params": net.backend.to_host(net.params), "loss": np.array(losses)}
@@ -66,6 +68,8 @@ def run(scenario: str, out: Path, options: dict, comm: distributed.Communicator)
         options = {**options, "validation_split": 0.0, "early_stopping": None}
     if scenario == "bad_data" and comm.rank == 1:
         X = X[:, :4]
+    if options.get("other_rows_on_rank_1") and comm.rank == 1:  # the same shape, other rows: forgot shard="local"
+        X, y = X[::-1].copy(), y[::-1].copy()
     if scenario == "fail":
         _fail_on(net, comm, options["fail_rank"], options["fail_step"])
     if scenario == "interrupt":

@@ -272,6 +272,27 @@ def test_a_rank_that_fails_before_training_makes_every_rank_raise(options, words
 
 
 @needs_mpi
+def test_other_rows_on_one_rank_are_refused_unless_sharded(tmp_path):
+    result = launch(2, "fit", tmp_path, timeout=60, other_rows_on_rank_1=True)
+    assert result.returncode != 0 and result.stdout.count("the ranks differ in training data sample") == 2, \
+        result.stdout + result.stderr
+
+
+@needs_mpi
+def test_train_step_with_a_bad_optimizer_on_one_rank_raises_everywhere(tmp_path):
+    result = launch(2, "step", tmp_path, timeout=60, bad_optimizer_rank=1)
+    assert result.returncode != 0 and "rank 1 could not load its part of the batch: GpubpTypeError" in result.stdout
+    assert result.stdout.count("raised") == 2, result.stdout + result.stderr
+
+
+@needs_mpi
+def test_a_callback_on_one_rank_only_does_not_hang(tmp_path):
+    result = launch(2, "fit", tmp_path, timeout=60, callback_on_rank_0_only=True, early_stopping=None)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [int(out["loss"].size) for out in results(tmp_path, "fit", 2)] == [2, 2]
+
+
+@needs_mpi
 def test_a_batch_smaller_than_the_ranks_is_refused_by_every_rank(tmp_path):
     result = launch(3, "shard", tmp_path, timeout=60, batch_size=2)
     assert result.returncode != 0 and result.stdout.count("smaller than the 3 ranks") == 3, result.stdout
