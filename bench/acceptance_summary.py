@@ -113,10 +113,11 @@ def distributed_step(out: Path) -> list[str]:
     if report is None:
         return ["distributed step: not run or no report."]
     lines = ["distributed step (bench/distributed_step.py):", "",
-             "| ranks | backend | rows/rank | step ms | allreduce ms | share | samples/s |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| ranks | overlap | backend | rows/rank | step ms | allreduce ms | share | samples/s |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in report["rows"]:
-        lines.append(f"| {row['ranks']} | {row['backend']} | {row['rows_per_rank']} | {row['step_ms']:.3f} | "
+        lines.append(f"| {row['ranks']} | {'yes' if row.get('overlap') else 'no'} | {row['backend']} | "
+                     f"{row['rows_per_rank']} | {row['step_ms']:.3f} | "
                      f"{row['allreduce_ms']:.3f} | {row['communication_share']:.1%} | {row['samples_per_s']:.0f} |")
     return lines
 

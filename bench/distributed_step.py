@@ -1,7 +1,7 @@
 """Data-parallel step time on this machine: 1 and 2 ranks (MPI), and the share spent in communication.
 
     python bench/distributed_step.py [--ranks 1,2] [--sizes 784,1024,1024,10] [--batch 512] [--steps 30]
-                                     [--backend numpy|cupy] [--json PATH]
+                                     [--backend numpy|cupy] [--overlap] [--json PATH]
 
 For each rank count it starts ``mpiexec -n R python bench/distributed_step.py --worker …``. Each rank
 holds ``batch / R`` rows of every global batch of ``batch`` rows and runs ``training.ReducedStep`` —
@@ -13,6 +13,8 @@ MPI (through pinned host buffers unless the MPI is CUDA-aware), each timing wait
 Timed: the median of ``--steps`` steps, and, separately in the same process, the two allreduces alone
 (their share of the step). The one-rank row goes through the same code with the one-process
 communicator (its allreduce is free). Rank counts above 1 need ``mpiexec`` (skipped, saying so, without).
+``--overlap`` adds, for each rank count above 1, the step with each layer's allreduce started during the
+backward pass (``init(overlap=True)``; its "allreduce" column is then the blocking allreduce's, for scale).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(sizes: list[int], batch: int, steps: int, backend: str, out: Path) -> None:
+def worker(sizes: list[int], batch: int, steps: int, backend: str, overlap: bool, out: Path) -> None:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
@@ -38,7 +40,7 @@ def worker(sizes: list[int], batch: int, steps: int, backend: str, out: Path) ->
     from gpubp import distributed, training
     from gpubp.guard import Guard
 
-    comm = distributed.init("mpi") if distributed.launched_size() > 1 else distributed.Communicator()
+    comm = distributed.init("mpi", overlap) if distributed.launched_size() > 1 else distributed.Communicator()
     net = gpubp.MLP(sizes, activation="relu", loss="cross_entropy", backend=backend, dtype="float32", seed=0)
     comm.broadcast(net.params)
     local = (comm.rank + 1) * batch // comm.size - comm.rank * batch // comm.size
@@ -64,7 +66,7 @@ def worker(sizes: list[int], batch: int, steps: int, backend: str, out: Path) ->
     step_s = timed(lambda: step(ws), steps)
     reduce_s = timed(lambda: (comm.allreduce(net.grads), comm.allreduce(step.sums)), steps)
     if comm.rank == 0:
-        row = {"ranks": comm.size, "kind": comm.kind, "backend": net.backend.name,
+        row = {"ranks": comm.size, "kind": comm.kind, "overlap": comm.overlap, "backend": net.backend.name,
                "device": net.backend.device_name(), "sizes": sizes, "batch": batch, "rows_per_rank": local,
                "params": net.n_params, "gradient_bytes": int(net.grads.nbytes), "step_ms": step_s * 1e3,
                "allreduce_ms": reduce_s * 1e3, "samples_per_s": batch / step_s,
@@ -79,26 +81,30 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    parser.add_argument("--overlap", action="store_true", help="also time the overlapped step")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.worker:
-        worker(sizes, args.batch, args.steps, args.backend, Path(args.worker))
+        worker(sizes, args.batch, args.steps, args.backend, args.overlap, Path(args.worker))
         return 0
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     cores = len(os.sched_getaffinity(0))
     print(f"# {time.strftime('%Y-%m-%d')}  {cores} cores; {sizes}, global batch {args.batch}, float32, NumPy, "
           f"SGD, {args.backend}; median of {args.steps} steps")
-    print(f"{'ranks':>5} {'rows/rank':>9} {'step ms':>8} {'allreduce ms':>12} {'comm share':>10} {'samples/s':>10}")
+    print(f"{'ranks':>5} {'overlap':>7} {'rows/rank':>9} {'step ms':>8} {'allreduce ms':>12} {'comm share':>10} "
+          f"{'samples/s':>10}")
     rows = []
-    for ranks in (int(r) for r in args.ranks.split(",")):
+    runs = [(int(r), False) for r in args.ranks.split(",")]
+    runs += [(ranks, True) for ranks, _ in runs if ranks > 1 and args.overlap]
+    for ranks, overlap in runs:
         threads = str(max(1, cores // ranks))
         env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "GPUBP_NUM_THREADS": threads,
                "OMP_NUM_THREADS": threads}
         out = Path(f"/tmp/gpubp_distributed_step_{os.getpid()}_{ranks}.json")
         command = [sys.executable, __file__, "--worker", str(out), "--sizes", args.sizes, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--backend", args.backend]
+                   "--steps", str(args.steps), "--backend", args.backend] + (["--overlap"] if overlap else [])
         if ranks > 1:
             if mpiexec is None:
                 print(f"{ranks:>5} ranks: skipped: no mpiexec here (pip install \".[mpi]\")", flush=True)
@@ -108,7 +114,8 @@ def main() -> int:
         row = json.loads(out.read_text())
         out.unlink()
         rows.append(row)
-        print(f"{ranks:>5} {row['rows_per_rank']:>9} {row['step_ms']:8.2f} {row['allreduce_ms']:12.3f} "
+        print(f"{ranks:>5} {'yes' if overlap else 'no':>7} {row['rows_per_rank']:>9} {row['step_ms']:8.2f} "
+              f"{row['allreduce_ms']:12.3f} "
               f"{row['communication_share']:10.1%} {row['samples_per_s']:10.0f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cores": cores, "rows": rows},

@@ -78,7 +78,7 @@ else
     TF32_SWEEP=(--widths 1024,4096,8192 --depths 4 --batches 4096,16384 --repeats 3)
     EPOCHS=30
     SKLEARN=(--seeds 1 --dtypes float32)
-    DISTRIBUTED=(--backend cupy --steps 50)
+    DISTRIBUTED=(--backend cupy --steps 50 --overlap)
 fi
 
 step "gpubp info" 15 info.txt "$PY" -m gpubp.cli info

@@ -67,6 +67,9 @@ class Communicator:
         self.rank, self.size, self.local_rank = 0, 1, 0
         self.local_size = 1
         """Ranks on this machine."""
+        self.overlap = False
+        """Whether ``fit`` sends each layer's gradient during the backward pass (:meth:`start_allreduce`)
+        rather than the whole buffer after it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
@@ -76,6 +79,12 @@ class Communicator:
 
     def broadcast(self, array: Any, root: int = 0) -> None:
         """``array`` ← root's ``array``, in place."""
+
+    def start_allreduce(self, array: Any) -> Pending:
+        """:meth:`allreduce` started without waiting for it; ``array`` holds the sum after ``.wait()``
+        (and must not be read or written before). Here: done at once."""
+        self.allreduce(array)
+        return Pending()
 
     def allgather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (a picklable object), in rank order, on every rank."""
@@ -94,6 +103,18 @@ class Communicator:
         os._exit(code)
 
 
+class Pending:
+    """An allreduce in flight; :meth:`wait` returns when its result is in place."""
+
+    def __init__(self, wait: Callable[[], None] | None = None) -> None:
+        self._wait = wait
+
+    def wait(self) -> None:
+        if self._wait is not None:
+            self._wait()
+            self._wait = None
+
+
 class MPICommunicator(Communicator):
     """The ranks of an MPI communicator (``MPI.COMM_WORLD`` from :func:`init`)."""
 
@@ -107,7 +128,7 @@ class MPICommunicator(Communicator):
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self.cuda_aware = _cuda_aware(mpi)
-        self._pinned: dict[tuple[int, str], Any] = {}
+        self._pinned: dict[tuple[int, str, int], Any] = {}
 
     def allreduce(self, array: Any) -> None:
         if isinstance(array, np.ndarray):
@@ -121,6 +142,24 @@ class MPICommunicator(Communicator):
             self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
             array.set(host)
 
+    def start_allreduce(self, array: Any) -> Pending:
+        """``MPI_Iallreduce``. MPI makes progress on it inside MPI calls, unless the library runs a progress
+        thread (MPICH: ``MPIR_CVAR_ASYNC_PROGRESS=1``) or the network offloads it."""
+        if isinstance(array, np.ndarray) or self.cuda_aware:
+            if not isinstance(array, np.ndarray):
+                _current_stream(array).synchronize()
+            request = self.comm.Iallreduce(self.mpi.IN_PLACE, array, op=self.mpi.SUM)
+            return Pending(request.Wait)
+        host = self._host(array, tag=array.data.ptr)  # a buffer per bucket: several are in flight
+        array.get(out=host)
+        request = self.comm.Iallreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
+
+        def finish() -> None:
+            request.Wait()
+            array.set(host)
+
+        return Pending(finish)
+
     def broadcast(self, array: Any, root: int = 0) -> None:
         if isinstance(array, np.ndarray):
             self.comm.Bcast(array, root=root)
@@ -133,9 +172,10 @@ class MPICommunicator(Communicator):
             self.comm.Bcast(host, root=root)
             array.set(host)
 
-    def _host(self, array: Any) -> np.ndarray:
-        """A pinned host buffer shaped like ``array`` (kept per size and dtype), for the staged copies."""
-        key = (array.size, array.dtype.str)
+    def _host(self, array: Any, tag: int = 0) -> np.ndarray:
+        """A pinned host buffer shaped like ``array`` (kept per size, dtype and ``tag``), for the staged
+        copies."""
+        key = (array.size, array.dtype.str, tag)
         buffer = self._pinned.get(key)
         if buffer is None:
             cupy = sys.modules["cupy"]
@@ -171,6 +211,8 @@ class NCCLCommunicator(Communicator):
         self.rank, self.size, self.local_rank, self.local_size = host.rank, host.size, host.local_rank, host.local_size
         unique_id = host.broadcast_object(nccl.get_unique_id() if host.rank == 0 else None)
         self.nccl = nccl.NcclCommunicator(host.size, unique_id, host.rank)
+        self.overlap = True
+        self._stream: Any = None  # NCCL's own stream, for the allreduces that overlap the backward pass
 
     def _collective(self, array: Any) -> tuple[int, int, int]:
         types = {np.dtype(np.float32): self.nccl_module.NCCL_FLOAT32,
@@ -184,6 +226,21 @@ class NCCLCommunicator(Communicator):
             return self.host.allreduce(array)
         pointer, count, dtype = self._collective(array)
         self.nccl.allReduce(pointer, pointer, count, dtype, self.nccl_module.NCCL_SUM, _current_stream(array).ptr)
+
+    def start_allreduce(self, array: Any) -> Pending:
+        """The allreduce on NCCL's own stream, after the work queued so far on the current one; ``wait``
+        makes the current stream wait for it (no host synchronisation)."""
+        if isinstance(array, np.ndarray):
+            return self.host.start_allreduce(array)
+        cupy = sys.modules["cupy"]
+        compute = _current_stream(array)
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        self._stream.wait_event(compute.record())
+        pointer, count, dtype = self._collective(array)
+        self.nccl.allReduce(pointer, pointer, count, dtype, self.nccl_module.NCCL_SUM, self._stream.ptr)
+        done = self._stream.record()
+        return Pending(lambda: compute.wait_event(done))
 
     def broadcast(self, array: Any, root: int = 0) -> None:
         if isinstance(array, np.ndarray):
@@ -229,7 +286,7 @@ def mpi_module() -> Any:
                                       f"them with: {INSTALL_HINT}") from None
 
 
-def init(backend: str = "auto") -> Communicator:
+def init(backend: str = "auto", overlap: bool | None = None) -> Communicator:
     """The communicator of this process's job.
 
     Started by ``mpiexec``/``srun`` with several ranks: an :class:`MPICommunicator` over
@@ -239,6 +296,11 @@ def init(backend: str = "auto") -> Communicator:
     first makes GPU ``local_rank % device_count`` its current device, so that networks with
     ``backend="auto"``/``"cupy"`` built afterwards live there. Started without a launcher:
     a :class:`Communicator` of size 1 (for ``"nccl"``, NCCL with one rank), without mpi4py.
+
+    ``overlap``: send each layer's gradient as soon as the backward pass has it (DDP's buckets), so the
+    allreduces run while the layers below are computed. Default: on for NCCL (its own stream
+    really overlaps), off for MPI (whose non-blocking collectives progress only inside MPI calls
+    unless the library has a progress thread), where it costs one allreduce per layer.
     """
     if backend not in BACKENDS:
         raise GpubpValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -255,10 +317,13 @@ def init(backend: str = "auto") -> Communicator:
         if host.local_size > devices:
             raise GpubpValueError(f"backend='nccl' needs a GPU of its own for every rank: {host.local_size} ranks "
                                   f"share {devices} GPU(s) on this machine; start fewer ranks or use backend='mpi'")
+    comm: Communicator = host
     if nccl is not None and (backend == "nccl" or (backend == "auto" and 1 < host.size
                                                    and host.local_size <= devices)):
-        return NCCLCommunicator(host, nccl)
-    return host
+        comm = NCCLCommunicator(host, nccl)
+    if overlap is not None:
+        comm.overlap = bool(overlap)
+    return comm
 
 
 def _use_local_gpu(local_rank: int) -> int:

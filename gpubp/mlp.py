@@ -21,7 +21,7 @@ surface below (:meth:`MLP.load_batch`, :meth:`MLP.compute_gradients`, …).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -251,8 +251,10 @@ class MLP:
         return self.backend.loss_value_and_delta(self.loss, ws.output_z(last), ws.a[last], ws.y,
                                                  ws.delta[last], ws.tmp[last], ws.rows, ws.weight)
 
-    def backpropagate(self, ws: Workspace) -> None:
-        """Backward pass, BP1–BP4, overwriting :attr:`grads`. Expects :meth:`compute_loss` first."""
+    def backpropagate(self, ws: Workspace, after_layer: Callable[[int], None] | None = None) -> None:
+        """Backward pass, BP1–BP4, overwriting :attr:`grads`. Expects :meth:`compute_loss` first.
+        ``after_layer(l)`` is called as soon as layer l's gradients are final (l = L … 1), e.g. to start
+        their allreduce while the layers below are computed."""
         be = self.backend
         last = self.n_layers
         output_activation = self._activations[-1]
@@ -264,6 +266,8 @@ class MLP:
             be.matmul(ws.a[layer - 1].T, delta, out=self.grad_weights[layer - 1],  # BP4: ∂W = A[l-1]ᵀ·δ[l]
                       precision=self.matmul_precision)
             be.bias_grad(delta, ws.ones, out=self.grad_biases[layer - 1])  # BP3: ∂b = Σ_rows δ[l]
+            if after_layer is not None:
+                after_layer(layer)
             if layer > 1:  # BP2: δ[l-1] = (δ[l]·W[l]ᵀ) ⊙ σ'(Z[l-1])
                 below = layer - 1
                 be.matmul(delta, self.weights[layer - 1].T, out=ws.delta[below], precision=self.matmul_precision)
@@ -271,6 +275,11 @@ class MLP:
                 assert activation is not None  # only the last layer's is fused into the loss
                 be.activation_backward(activation, ws.delta[below], ws.z[below], ws.a[below],
                                        ws.tmp[below], ws.tmp2[below])
+
+    def layer_gradient(self, layer: int) -> Array:
+        """Layer ``layer``'s part of :attr:`grads`: its ∂W then its ∂b, contiguous in the flat buffer."""
+        w, b = self._slices[layer - 1]
+        return self.grads[w.start:b.stop]
 
     def compute_gradients(self, ws: Workspace) -> Array:
         """Forward, loss and backward on a loaded workspace: the loss (0-d), the gradients in :attr:`grads`."""

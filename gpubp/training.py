@@ -59,6 +59,12 @@ class TrainableModel(Protocol):
     def check_y(self, Y: Any, n: int, name: str = "Y") -> tuple[bool, Array]: ...
     def workspace(self, batch: int) -> Workspace: ...
     def compute_gradients(self, ws: Workspace) -> Array: ...
+    def feedforward(self, ws: Workspace) -> Array: ...
+    def compute_loss(self, ws: Workspace) -> Array: ...
+    def backpropagate(self, ws: Workspace, after_layer: Callable[[int], None] | None = None) -> None: ...
+    def layer_gradient(self, layer: int) -> Array: ...
+    @property
+    def n_layers(self) -> int: ...
     def count_correct(self, ws: Workspace) -> Array: ...
     def accuracy_denominator(self, n: Any) -> Any: ...
     def evaluate_checked(self, X: Array, is_labels: bool, Y: Array, batch_size: int = ...,
@@ -285,6 +291,7 @@ class ReducedStep(Step):
     """One step across the ranks of ``comm``: each rank's gradient as a sum over its rows, one allreduce of
     the flat gradient buffer and one of ``[Σ loss, size, correct, rows]``, the division by the whole
     batch's size; then the guard's flag and the update, computed from the same numbers on every rank.
+    With ``comm.overlap`` the gradient goes layer by layer during the backward pass instead.
 
     A rank with no rows in the batch (``ws`` None) contributes zeros.
     """
@@ -293,10 +300,13 @@ class ReducedStep(Step):
         super().__init__(model, optimizer, guard)
         self.comm = comm
         self.sums = model.backend.zeros((4,), np.float64)  # counts stay exact past float32's 2²⁴
+        self.pending: list[Any] = []
 
     def __call__(self, ws: Workspace | None) -> tuple[Array, Array]:
         model, xp, sums = self.model, self.model.backend.xp, self.sums
-        if ws is None:
+        if self.comm.overlap:
+            self._gradients_overlapped(ws)
+        elif ws is None:
             model.grads.fill(0)
             sums.fill(0)
         else:
@@ -304,8 +314,12 @@ class ReducedStep(Step):
             loss_sum, size, correct, rows = super().totals(ws, loss)
             xp.multiply(model.grads, size, out=model.grads)  # the mean over this rank's rows, as a sum
             sums[0], sums[1], sums[2], sums[3] = loss_sum, size, correct, rows
-        self.comm.allreduce(model.grads)
+        if not self.comm.overlap:
+            self.comm.allreduce(model.grads)
         self.comm.allreduce(sums)
+        for pending in self.pending:
+            pending.wait()
+        self.pending.clear()
         total = xp.where(sums[1] > 0, sums[1], 1)
         xp.divide(model.grads, total, out=model.grads)
         loss = sums[0] / total
@@ -315,6 +329,30 @@ class ReducedStep(Step):
 
     def totals(self, ws: Workspace | None, loss: Array) -> tuple[Any, Any, Any, Any]:
         return self.sums[0], self.sums[1], self.sums[2], self.sums[3]
+
+    def _gradients_overlapped(self, ws: Workspace | None) -> None:
+        """Backward with each layer's gradient sent as soon as it is final (layer L first, as DDP's
+        buckets): its allreduce runs while the layers below are computed. Every rank starts the same
+        allreduces in the same order — a rank without rows sends zeros."""
+        model, xp, sums = self.model, self.model.backend.xp, self.sums
+        if ws is None:
+            model.grads.fill(0)
+            sums.fill(0)
+            for layer in range(model.n_layers, 0, -1):
+                self.pending.append(self.comm.start_allreduce(model.layer_gradient(layer)))
+            return
+        model.feedforward(ws)
+        loss = model.compute_loss(ws)
+        size = ws.batch if ws.weight_total is None else ws.weight_total
+
+        def send(layer: int) -> None:
+            gradient = model.layer_gradient(layer)
+            xp.multiply(gradient, size, out=gradient)  # the mean over this rank's rows, as a sum
+            self.pending.append(self.comm.start_allreduce(gradient))
+
+        model.backpropagate(ws, after_layer=send)
+        loss_sum, size, correct, rows = super().totals(ws, loss)
+        sums[0], sums[1], sums[2], sums[3] = loss_sum, size, correct, rows
 
 
 def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,

@@ -123,7 +123,7 @@ def _interrupt_at(epoch: int, comm: distributed.Communicator) -> None:
 def main() -> int:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    comm = distributed.init(options.get("comm", "auto"))
+    comm = distributed.init(options.get("comm", "auto"), options.get("overlap"))
     try:
         result = run(scenario, out, options, comm)
     except (GpubpError, MemoryError) as error:

@@ -32,7 +32,7 @@ def test_the_dry_run_wires_every_step(tmp_path):
     assert [row[0] for row in status] == STEPS and all(row[1] == "ok" for row in status), status
     summary = (out / "summary.md").read_text()
     assert "DRY RUN on the CPU" in summary and "Fashion-MNIST recipe: test accuracy" in summary
-    assert "| digits | float32 |" in summary and "| 1 | numpy | 256 |" in summary
+    assert "| digits | float32 |" in summary and "| 1 | no | numpy | 256 |" in summary
     assert (out / "selftest.json").is_file() and (out / "bench.json").is_file() and (out / "gpu_tests.xml").is_file()
 
 

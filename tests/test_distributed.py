@@ -89,6 +89,37 @@ def test_the_one_process_communicator_trains_as_plain_fit(backend):
     np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-10)
 
 
+def test_the_overlapped_step_trains_as_plain_fit(backend):
+    """Each layer's gradient sent during the backward pass (here through the one-process communicator, where
+    sending is immediate): the same training as the plain step."""
+    X, y, weight = data()
+    options = {"optimizer": "sgd", "backend": backend}
+    plain, overlapped = network(options, 0), network(options, 0)
+    comm = distributed.init(overlap=True)
+    assert comm.overlap and not distributed.init().overlap
+    plain.fit(X, y, optimizer=optimizer(options), sample_weight=weight, **fit_settings(options))
+    overlapped.fit(X, y, optimizer=optimizer(options), sample_weight=weight, distributed=comm,
+                   **fit_settings(options))
+    for a, b in zip(plain.get_weights(), overlapped.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_backpropagate_reports_each_layer_when_its_gradient_is_final(rng):
+    net = gpubp.MLP([4, 6, 5, 3], activation="tanh", loss="mse", dtype="float64", backend="numpy", seed=0)
+    X, Y = rng.normal(size=(7, 4)), rng.normal(size=(7, 3))
+    _, expected = net.loss_and_grads(X, Y)
+    seen = []
+    ws = net.load_batch(X, Y)
+    net.feedforward(ws)
+    net.compute_loss(ws)
+    net.grads.fill(np.nan)
+    net.backpropagate(ws, after_layer=lambda layer: seen.append((layer, net.layer_gradient(layer).copy())))
+    assert [layer for layer, _ in seen] == [3, 2, 1]
+    for layer, gradient in seen:  # final when reported: equal to the complete gradients of that layer
+        np.testing.assert_array_equal(gradient, np.concatenate([expected[2 * layer - 2].ravel(),
+                                                                expected[2 * layer - 1]]))
+
+
 def test_fit_checks_distributed_and_shard():
     X, y, _ = data(20)
     net = network({}, 0)
@@ -145,8 +176,9 @@ def test_settings_that_differ_are_named_with_every_ranks_value():
 # --- 2 and 3 ranks under mpiexec ---------------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("options", [{"optimizer": "sgd"}, {"optimizer": "adam", "weighted": True}],
-                         ids=["sgd", "adam"])
+@pytest.mark.parametrize("options", [{"optimizer": "sgd"}, {"optimizer": "adam", "weighted": True},
+                                     {"optimizer": "sgd", "weighted": True, "overlap": True}],
+                         ids=["sgd", "adam", "sgd-overlapped"])
 def test_ranks_reproduce_one_process(ranks, options, tmp_path):
     """float64, SGD with momentum / Adam with sample weights, a validation split and early stopping: every
     rank ends with bit-identical weights, equal to one process's to 1e-9."""
