@@ -70,6 +70,8 @@ class Communicator:
         self.overlap = False
         """Whether ``fit`` sends each layer's gradient during the backward pass (:meth:`start_allreduce`)
         rather than the whole buffer after it."""
+        self.exchange_agreed = False
+        """Whether ``train_step`` has checked that every rank exchanges gradients the same way."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
@@ -80,9 +82,10 @@ class Communicator:
     def broadcast(self, array: Any, root: int = 0) -> None:
         """``array`` ← root's ``array``, in place."""
 
-    def start_allreduce(self, array: Any) -> Pending:
+    def start_allreduce(self, array: Any, bucket: int = 0) -> Pending:
         """:meth:`allreduce` started without waiting for it; ``array`` holds the sum after ``.wait()``
-        (and must not be read or written before). Here: done at once."""
+        (and must not be read or written before). ``bucket`` tells apart the allreduces in flight together
+        (a layer's number). Here: done at once."""
         self.allreduce(array)
         return Pending()
 
@@ -142,7 +145,7 @@ class MPICommunicator(Communicator):
             self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
             array.set(host)
 
-    def start_allreduce(self, array: Any) -> Pending:
+    def start_allreduce(self, array: Any, bucket: int = 0) -> Pending:
         """``MPI_Iallreduce``. MPI makes progress on it inside MPI calls, unless the library runs a progress
         thread (MPICH: ``MPIR_CVAR_ASYNC_PROGRESS=1``) or the network offloads it."""
         if isinstance(array, np.ndarray) or self.cuda_aware:
@@ -150,7 +153,7 @@ class MPICommunicator(Communicator):
                 _current_stream(array).synchronize()
             request = self.comm.Iallreduce(self.mpi.IN_PLACE, array, op=self.mpi.SUM)
             return Pending(request.Wait)
-        host = self._host(array, tag=array.data.ptr)  # a buffer per bucket: several are in flight
+        host = self._host(array, tag=1 + bucket)  # a pinned buffer per bucket: several are in flight
         array.get(out=host)
         request = self.comm.Iallreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
 
@@ -227,11 +230,11 @@ class NCCLCommunicator(Communicator):
         pointer, count, dtype = self._collective(array)
         self.nccl.allReduce(pointer, pointer, count, dtype, self.nccl_module.NCCL_SUM, _current_stream(array).ptr)
 
-    def start_allreduce(self, array: Any) -> Pending:
+    def start_allreduce(self, array: Any, bucket: int = 0) -> Pending:
         """The allreduce on NCCL's own stream, after the work queued so far on the current one; ``wait``
         makes the current stream wait for it (no host synchronisation)."""
         if isinstance(array, np.ndarray):
-            return self.host.start_allreduce(array)
+            return self.host.start_allreduce(array, bucket)
         cupy = sys.modules["cupy"]
         compute = _current_stream(array)
         if self._stream is None:
@@ -380,6 +383,12 @@ def check_communicator(distributed: Any, shard: str) -> Communicator | None:
     if shard == "local" and distributed is None:
         raise GpubpValueError("shard='local' needs distributed=COMMUNICATOR (each rank passes its own rows)")
     return distributed
+
+
+def overlaps(comm: Communicator, on_gpu: bool) -> bool:
+    """Whether a step sends each layer's gradient during the backward pass: ``comm.overlap``, except
+    for host arrays on an NCCL communicator (they go through MPI, where it gains nothing)."""
+    return comm.overlap and (comm.kind != "nccl" or on_gpu)
 
 
 def agree(comm: Communicator, error: BaseException | None, what: str) -> None:

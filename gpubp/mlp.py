@@ -30,7 +30,7 @@ from . import _validate as check
 from . import inputs, onnx, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
-from .distributed import Communicator, agree, agreed, check_communicator
+from .distributed import Communicator, agree, agreed, check_communicator, check_identical, overlaps
 from .errors import GpubpTypeError, GpubpValueError
 from .guard import Guard
 from .history import History
@@ -377,6 +377,9 @@ class MLP:
             except Exception as failure:  # whatever it is, every rank must hear of it
                 error = failure
             agree(comm, error, "load its part of the batch")
+            if not getattr(comm, "exchange_agreed", False):  # once per communicator: the same collectives
+                check_identical(comm, {"gradient exchange": [comm.kind, overlaps(comm, self.backend.is_gpu)]})
+                comm.exchange_agreed = True
             step = training.ReducedStep(self, optimizer, Guard(self.backend, self.grads, "skip_step", None), comm)
             loss, _ = step(ws)
         return loss

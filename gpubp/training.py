@@ -34,7 +34,7 @@ from . import _validate as check
 from . import checkpoint as checkpoints
 from . import inputs
 from .backends import Array, Backend
-from .distributed import Communicator, Partition, agreed, check_communicator, check_identical
+from .distributed import Communicator, Partition, agreed, check_communicator, check_identical, overlaps
 from .errors import DivergenceError, GpubpTypeError, GpubpValueError, GpubpWarning
 from .guard import Guard, check_mode
 from .history import History
@@ -301,10 +301,12 @@ class ReducedStep(Step):
         self.comm = comm
         self.sums = model.backend.zeros((4,), np.float64)  # counts stay exact past float32's 2²⁴
         self.pending: list[Any] = []
+        self.overlap = overlaps(comm, model.backend.is_gpu)
 
     def __call__(self, ws: Workspace | None) -> tuple[Array, Array]:
         model, xp, sums = self.model, self.model.backend.xp, self.sums
-        if self.comm.overlap:
+        self.pending.clear()  # (left by a step that failed: never waited on again)
+        if self.overlap:
             self._gradients_overlapped(ws)
         elif ws is None:
             model.grads.fill(0)
@@ -314,7 +316,7 @@ class ReducedStep(Step):
             loss_sum, size, correct, rows = super().totals(ws, loss)
             xp.multiply(model.grads, size, out=model.grads)  # the mean over this rank's rows, as a sum
             sums[0], sums[1], sums[2], sums[3] = loss_sum, size, correct, rows
-        if not self.comm.overlap:
+        if not self.overlap:
             self.comm.allreduce(model.grads)
         self.comm.allreduce(sums)
         for pending in self.pending:
@@ -339,7 +341,7 @@ class ReducedStep(Step):
             model.grads.fill(0)
             sums.fill(0)
             for layer in range(model.n_layers, 0, -1):
-                self.pending.append(self.comm.start_allreduce(model.layer_gradient(layer)))
+                self.pending.append(self.comm.start_allreduce(model.layer_gradient(layer), layer))
             return
         model.feedforward(ws)
         loss = model.compute_loss(ws)
@@ -348,7 +350,7 @@ class ReducedStep(Step):
         def send(layer: int) -> None:
             gradient = model.layer_gradient(layer)
             xp.multiply(gradient, size, out=gradient)  # the mean over this rank's rows, as a sum
-            self.pending.append(self.comm.start_allreduce(gradient))
+            self.pending.append(self.comm.start_allreduce(gradient, layer))
 
         model.backpropagate(ws, after_layer=send)
         loss_sum, size, correct, rows = super().totals(ws, loss)
@@ -395,6 +397,12 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
                   f"{failure}); ending every rank", file=sys.stderr, flush=True)
             comm.abort(1)
         raise
+
+
+def _exchange(comm: Communicator | None, on_gpu: bool) -> list[Any]:
+    """How a step exchanges gradients: the communicator's kind and whether it overlaps (every rank must
+    make the same collectives in the same order)."""
+    return [None, False] if comm is None else [comm.kind, overlaps(comm, on_gpu)]
 
 
 def _checkpoint_of_rank_0(comm: Communicator, config: FitConfig) -> bytes | None:
@@ -525,8 +533,9 @@ class _Run:
                "validation_split": c.validation_split, "lr_schedule": c.schedule.describe(), "shard": c.shard}
         return {"network": model.config(), "optimizer": [type(c.optimizer).__name__, c.optimizer.hyperparameters()],
                 **data, **run, "early_stopping": [c.early_stopping, self.early.monitor, c.min_delta, c.restore_best],
-                "on_nonfinite": [c.on_nonfinite, self.guard.every], "checkpoint": [c.checkpoint is not None, c.resume,
-                                                                                c.checkpoint_every]}
+                "on_nonfinite": [c.on_nonfinite, self.guard.every],
+                "gradient exchange": _exchange(c.distributed, model.backend.is_gpu),
+                "checkpoint": [c.checkpoint is not None, c.resume, c.checkpoint_every]}
 
     def _check_validation(self, validation_data: Any) -> tuple[Array, bool, Array, Array | None]:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):

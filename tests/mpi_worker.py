@@ -124,6 +124,8 @@ def main() -> int:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     comm = distributed.init(options.get("comm", "auto"), options.get("overlap"))
+    if str(comm.rank) in options.get("overlap_by_rank", {}):
+        comm.overlap = options["overlap_by_rank"][str(comm.rank)]
     try:
         result = run(scenario, out, options, comm)
     except (GpubpError, MemoryError) as error:

@@ -304,6 +304,14 @@ def test_a_rank_that_fails_before_training_makes_every_rank_raise(options, words
 
 
 @needs_mpi
+@pytest.mark.parametrize("scenario", ["fit", "step"])
+def test_ranks_that_exchange_gradients_differently_are_refused(scenario, tmp_path):
+    result = launch(2, scenario, tmp_path, timeout=60, overlap_by_rank={"1": True})
+    assert result.returncode != 0 and result.stdout.count("the ranks differ in gradient exchange") == 2, \
+        result.stdout + result.stderr
+
+
+@needs_mpi
 def test_other_rows_on_one_rank_are_refused_unless_sharded(tmp_path):
     result = launch(2, "fit", tmp_path, timeout=60, other_rows_on_rank_1=True)
     assert result.returncode != 0 and result.stdout.count("the ranks differ in training data sample") == 2, \
