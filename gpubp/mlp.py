@@ -30,7 +30,7 @@ from . import _validate as check
 from . import inputs, onnx, serialization, training
 from .activations import Activation
 from .backends import Array, Backend, HostArray, get_backend
-from .distributed import Communicator, agree, agreed, check_communicator, check_identical, overlaps
+from .distributed import Communicator, agreed, check_communicator, check_identical, overlaps
 from .errors import GpubpTypeError, GpubpValueError
 from .guard import Guard
 from .history import History
@@ -99,6 +99,7 @@ class MLP:
             self._build_parameters(seed)
         keep_z = [act is None or act.needs_z for act in self._activations]
         self._workspaces = WorkspaceCache(self.backend, self.sizes, self.dtype, keep_z)
+        self._reduced_steps: dict[tuple[Any, Any], training.ReducedStep] = {}  # train_step(distributed=)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], params: Any, backend: str | Backend = "auto") -> MLP:
@@ -226,10 +227,14 @@ class MLP:
         X = self.check_x(X)
         is_labels, Y = self.check_y(Y, X.shape[0])
         weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
-        ws = self.workspace(X.shape[0])
-        self.backend.copy_into(ws.x, X)
-        ws.load_targets(is_labels, Y)
-        ws.load_weights(weight)
+        return self._fill(X, is_labels, Y, weight, 0, X.shape[0])
+
+    def _fill(self, X: Array, is_labels: bool, Y: Array, weight: Array | None, start: int, stop: int) -> Workspace:
+        """Rows ``[start, stop)`` of checked inputs, targets and weights in the workspace of their count."""
+        ws = self.workspace(stop - start)
+        self.backend.copy_into(ws.x, X[start:stop])
+        ws.load_targets(is_labels, Y[start:stop])
+        ws.load_weights(None if weight is None else weight[start:stop])
         return ws
 
     def feedforward(self, ws: Workspace) -> Array:
@@ -350,37 +355,36 @@ class MLP:
         runs its steps without any. Unlike :meth:`fit`, a single step has no divergence
         guard: check the returned loss.
         """
-        if distributed is not None:
-            return self._reduced_step(X, Y, optimizer, sample_weight, check_communicator(distributed, "replicated"))
+        comm = check_communicator(distributed, "replicated")
+        if comm is not None:
+            return self._reduced_step(X, Y, optimizer, sample_weight, comm)
         optimizer = inputs.check_optimizer(optimizer)
         with self.backend.activate():
             loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             optimizer.update(self.backend, self.params, self.grads)
         return loss
 
-    def _reduced_step(self, X: Any, Y: Any, optimizer: Optimizer, sample_weight: Any, comm: Any) -> Array:
+    def _reduced_step(self, X: Any, Y: Any, optimizer: Optimizer, sample_weight: Any, comm: Communicator) -> Array:
         """:meth:`train_step` across the ranks of ``comm``: this rank's part of the rows, one reduced step."""
-        ws, error = None, None
+
+        def load() -> tuple[Optimizer, Workspace | None]:
+            checked = inputs.check_optimizer(optimizer)
+            x = self.check_x(X)
+            n = x.shape[0]
+            is_labels, y = self.check_y(Y, n)
+            weight = inputs.check_sample_weight(self.backend, sample_weight, n)  # one scale for every part
+            start, stop = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
+            return checked, (self._fill(x, is_labels, y, weight, start, stop) if stop > start else None)
+
         with self.backend.activate():
-            try:
-                optimizer = inputs.check_optimizer(optimizer)
-                X = self.check_x(X)
-                n = X.shape[0]
-                is_labels, Y = self.check_y(Y, n)
-                weight = inputs.check_sample_weight(self.backend, sample_weight, n)  # one scale for every part
-                start, stop = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
-                if stop > start:
-                    ws = self.workspace(stop - start)
-                    self.backend.copy_into(ws.x, X[start:stop])
-                    ws.load_targets(is_labels, Y[start:stop])
-                    ws.load_weights(None if weight is None else weight[start:stop])
-            except Exception as failure:  # whatever it is, every rank must hear of it
-                error = failure
-            agree(comm, error, "load its part of the batch")
-            if not getattr(comm, "exchange_agreed", False):  # once per communicator: the same collectives
+            checked, ws = agreed(comm, load, "load its part of the batch")
+            if not comm.exchange_agreed:  # once per communicator: every rank makes the same collectives
                 check_identical(comm, {"gradient exchange": [comm.kind, overlaps(comm, self.backend.is_gpu)]})
                 comm.exchange_agreed = True
-            step = training.ReducedStep(self, optimizer, Guard(self.backend, self.grads, "skip_step", None), comm)
+            step = self._reduced_steps.get((comm, checked))
+            if step is None:  # one per communicator and optimizer: its buffers are allocated once
+                step = training.ReducedStep(self, checked, Guard(self.backend, self.grads, "skip_step", None), comm)
+                self._reduced_steps = {(comm, checked): step}
             loss, _ = step(ws)
         return loss
 
@@ -437,10 +441,7 @@ class MLP:
         with self.backend.activate(), inputs.quiet_overflow():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                ws = self.workspace(stop - start)
-                self.backend.copy_into(ws.x, X[start:stop])
-                ws.load_targets(is_labels, Y[start:stop])
-                ws.load_weights(None if weight is None else weight[start:stop])
+                ws = self._fill(X, is_labels, Y, weight, start, stop)
                 self.feedforward(ws)
                 size = ws.batch if ws.weight_total is None else ws.weight_total
                 total_loss = total_loss + self.compute_loss(ws) * size
