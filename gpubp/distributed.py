@@ -134,15 +134,21 @@ class MPICommunicator(Communicator):
         self._pinned: dict[tuple[int, str, int], Any] = {}
 
     def allreduce(self, array: Any) -> None:
+        self._through_host_if_needed(array, lambda buffer: self.comm.Allreduce(self.mpi.IN_PLACE, buffer,
+                                                                               op=self.mpi.SUM))
+
+    def _through_host_if_needed(self, array: Any, collective: Callable[[Any], None]) -> None:
+        """``collective(buffer)`` on ``array`` itself (NumPy, or CuPy with a CUDA-aware MPI, after the stream
+        has finished writing it) or on a pinned host copy that is then copied back."""
         if isinstance(array, np.ndarray):
-            self.comm.Allreduce(self.mpi.IN_PLACE, array, op=self.mpi.SUM)
+            collective(array)
         elif self.cuda_aware:
             _current_stream(array).synchronize()  # the MPI library reads the device memory outside the stream
-            self.comm.Allreduce(self.mpi.IN_PLACE, array, op=self.mpi.SUM)
+            collective(array)
         else:
             host = self._host(array)
             array.get(out=host)
-            self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
+            collective(host)
             array.set(host)
 
     def start_allreduce(self, array: Any, bucket: int = 0) -> Pending:
@@ -164,16 +170,7 @@ class MPICommunicator(Communicator):
         return Pending(finish)
 
     def broadcast(self, array: Any, root: int = 0) -> None:
-        if isinstance(array, np.ndarray):
-            self.comm.Bcast(array, root=root)
-        elif self.cuda_aware:
-            _current_stream(array).synchronize()
-            self.comm.Bcast(array, root=root)
-        else:
-            host = self._host(array)
-            array.get(out=host)
-            self.comm.Bcast(host, root=root)
-            array.set(host)
+        self._through_host_if_needed(array, lambda buffer: self.comm.Bcast(buffer, root=root))
 
     def _host(self, array: Any, tag: int = 0) -> np.ndarray:
         """A pinned host buffer shaped like ``array`` (kept per size, dtype and ``tag``), for the staged

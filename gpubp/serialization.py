@@ -37,13 +37,18 @@ def check_path(path: Any) -> Path:
     return Path(path)
 
 
-def check_output_path(path: Any, name: str) -> Path:
-    """``path`` as a file that a run can write at its end: not a directory, in an existing writable
-    directory, itself writable if it exists. ``name`` (an argument or an option) starts every message."""
+def _file_and_directory(path: Any, name: str) -> tuple[Path, Path]:
+    """``path`` as a file name (not a directory) and the directory it is in."""
     target = check_path(path)
     if target.is_dir():
         raise GpubpValueError(f"{name} {str(target)!r} is a directory, expected a file name")
-    directory = target.parent if str(target.parent) else Path(".")
+    return target, target.parent if str(target.parent) else Path(".")
+
+
+def check_output_path(path: Any, name: str) -> Path:
+    """``path`` as a file that a run can write at its end: not a directory, in an existing writable
+    directory, itself writable if it exists. ``name`` (an argument or an option) starts every message."""
+    target, directory = _file_and_directory(path, name)
     if not directory.is_dir():
         raise GpubpValueError(f"{name} {str(target)!r}: directory {str(directory)!r} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -92,10 +97,7 @@ def write_atomic(path: Any, write: Callable[[BinaryIO], Any]) -> Path:
     every moment ``path`` holds either the previous complete file or the new
     complete file — also when the process is killed mid-write.
     """
-    target = check_path(path)
-    if target.is_dir():
-        raise GpubpValueError(f"path {str(target)!r} is a directory, expected a file name")
-    directory = target.parent if str(target.parent) else Path(".")
+    target, directory = _file_and_directory(path, "path")
     if not directory.is_dir():
         raise FileWriteError(f"cannot write {str(target)!r}: directory {str(directory)!r} does not exist")
     try:
