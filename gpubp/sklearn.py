@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validate as check
 from .backends import Backend, get_backend
 from .errors import BackendUnavailableError, DivergenceError, GpubpValueError, GpubpWarning, OptionalDependencyError
 from .init import SCHEMES
@@ -161,20 +162,20 @@ class _MLPEstimator(BaseEstimator):
             raise ValueError(f"solver must be one of {list(SOLVERS)} (gpubp has no 'lbfgs'), got {self.solver!r}")
         if self.learning_rate not in LEARNING_RATES:
             raise ValueError(f"learning_rate must be one of {list(LEARNING_RATES)}, got {self.learning_rate!r}")
-        _number("alpha", self.alpha, low=0.0)
-        _number("learning_rate_init", self.learning_rate_init, low=0.0, strict=True)
-        _number("power_t", self.power_t, low=0.0)
-        _number("tol", self.tol, low=0.0)
-        _number("momentum", self.momentum, low=0.0, high=1.0)
-        _number("validation_fraction", self.validation_fraction, low=0.0, high=1.0, strict=True, open_high=True)
+        for name in ("alpha", "power_t", "tol"):
+            check.positive_float(name, getattr(self, name), allow_zero=True)
+        for name in ("learning_rate_init", "epsilon"):
+            check.positive_float(name, getattr(self, name))
         for name in ("beta_1", "beta_2"):
-            _number(name, getattr(self, name), low=0.0, high=1.0, open_high=True)
-        _number("epsilon", self.epsilon, low=0.0, strict=True)
+            check.unit_interval(name, getattr(self, name))
         for name in ("max_iter", "n_iter_no_change"):
-            _integer(name, getattr(self, name))
-        if not (self.batch_size == "auto" or (isinstance(self.batch_size, (int, np.integer))
-                                              and not isinstance(self.batch_size, bool) and self.batch_size > 0)):
-            raise ValueError(f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
+            check.positive_int(name, getattr(self, name))
+        if check.positive_float("momentum", self.momentum, allow_zero=True) > 1:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
+        if check.positive_float("validation_fraction", self.validation_fraction) >= 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            check.positive_int("batch_size", self.batch_size)
         if self.init not in ("auto", *SCHEMES):
             raise ValueError(f"init must be one of {['auto', *SCHEMES]}, got {self.init!r}")
         if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
@@ -609,23 +610,6 @@ def _stratifiable(y: np.ndarray, fraction: float) -> bool:
 
 def _mean(weight: np.ndarray | None) -> float:
     return 1.0 if weight is None else float(np.mean(weight))
-
-
-def _number(name: str, value: Any, low: float, high: float | None = None, *, strict: bool = False,
-            open_high: bool = False) -> None:
-    """``value`` a real number in [low, high] (``strict``: above ``low``; ``open_high``: below ``high``)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
-    if ok:
-        ok = (value > low if strict else value >= low) and (
-            high is None or (value < high if open_high else value <= high))
-    if not ok:
-        bounds = f"{'(' if strict else '['}{low}, {'∞)' if high is None else str(high) + (')' if open_high else ']')}"
-        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
-
-
-def _integer(name: str, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _unpickling_backend(backend: Any) -> Any:
