@@ -306,16 +306,21 @@ class ReducedStep(Step):
     def __call__(self, ws: Workspace | None) -> tuple[Array, Array]:
         model, xp, sums = self.model, self.model.backend.xp, self.sums
         self.pending.clear()  # (left by a step that failed: never waited on again)
-        if self.overlap:
-            self._gradients_overlapped(ws)
-        elif ws is None:
+        if ws is None:  # no rows here: zeros, sent as every other rank sends its gradients
             model.grads.fill(0)
             sums.fill(0)
+            for layer in range(model.n_layers, 0, -1) if self.overlap else ():
+                self._send(layer, 1)
         else:
-            loss = model.compute_gradients(ws)
-            loss_sum, size, correct, rows = super().totals(ws, loss)
-            xp.multiply(model.grads, size, out=model.grads)  # the mean over this rank's rows, as a sum
-            sums[0], sums[1], sums[2], sums[3] = loss_sum, size, correct, rows
+            size = ws.batch if ws.weight_total is None else ws.weight_total
+            if self.overlap:  # each layer's gradient sent as soon as it is final (layer L first, DDP's buckets)
+                model.feedforward(ws)
+                loss = model.compute_loss(ws)
+                model.backpropagate(ws, after_layer=lambda layer: self._send(layer, size))
+            else:
+                loss = model.compute_gradients(ws)
+                xp.multiply(model.grads, size, out=model.grads)  # the mean over this rank's rows, as a sum
+            sums[0], sums[1], sums[2], sums[3] = super().totals(ws, loss)
         if not self.overlap:
             self.comm.allreduce(model.grads)
         self.comm.allreduce(sums)
@@ -329,32 +334,15 @@ class ReducedStep(Step):
         self.optimizer.update(model.backend, model.params, model.grads, skip=flag)
         return loss, flag
 
+    def _send(self, layer: int, size: Any) -> None:
+        """Layer ``layer``'s gradient as a sum over this rank's rows (× ``size``), its allreduce started: it
+        runs while the layers below are computed."""
+        gradient = self.model.layer_gradient(layer)
+        self.model.backend.xp.multiply(gradient, size, out=gradient)
+        self.pending.append(self.comm.start_allreduce(gradient, layer))
+
     def totals(self, ws: Workspace | None, loss: Array) -> tuple[Any, Any, Any, Any]:
         return self.sums[0], self.sums[1], self.sums[2], self.sums[3]
-
-    def _gradients_overlapped(self, ws: Workspace | None) -> None:
-        """Backward with each layer's gradient sent as soon as it is final (layer L first, as DDP's
-        buckets): its allreduce runs while the layers below are computed. Every rank starts the same
-        allreduces in the same order — a rank without rows sends zeros."""
-        model, xp, sums = self.model, self.model.backend.xp, self.sums
-        if ws is None:
-            model.grads.fill(0)
-            sums.fill(0)
-            for layer in range(model.n_layers, 0, -1):
-                self.pending.append(self.comm.start_allreduce(model.layer_gradient(layer), layer))
-            return
-        model.feedforward(ws)
-        loss = model.compute_loss(ws)
-        size = ws.batch if ws.weight_total is None else ws.weight_total
-
-        def send(layer: int) -> None:
-            gradient = model.layer_gradient(layer)
-            xp.multiply(gradient, size, out=gradient)  # the mean over this rank's rows, as a sum
-            self.pending.append(self.comm.start_allreduce(gradient, layer))
-
-        model.backpropagate(ws, after_layer=send)
-        loss_sum, size, correct, rows = super().totals(ws, loss)
-        sums[0], sums[1], sums[2], sums[3] = loss_sum, size, correct, rows
 
 
 def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
