@@ -26,9 +26,10 @@ from . import data, datasets, optim, plot, schedules  # noqa: E402  (after the O
 from ._version import __version__  # noqa: E402
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend
+from .ensemble import Ensemble
 from .errors import BackendUnavailableError, GpubpError, GpubpTypeError, GpubpValueError
 from .gradcheck import gradcheck
-from .history import History
+from .history import EnsembleHistory, History
 from .io import load
 from .losses import LOSSES
 from .mlp import MLP
@@ -38,6 +39,8 @@ __all__ = [
     "LOSSES",
     "MLP",
     "BackendUnavailableError",
+    "Ensemble",
+    "EnsembleHistory",
     "GpubpError",
     "GpubpTypeError",
     "GpubpValueError",

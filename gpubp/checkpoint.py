@@ -24,7 +24,7 @@ import numpy as np
 from ._version import __version__
 from .backends import Array, Backend, HostArray
 from .errors import GpubpValueError
-from .history import History
+from .history import EnsembleHistory, History
 from .optim import Optimizer
 from .serialization import parse_metadata, read_npz, write_npz
 
@@ -91,7 +91,8 @@ class Resumed:
     """The last epoch the checkpoint completed."""
     step: int
     rng_state: dict[str, Any]
-    history: History
+    history: Any
+    """A :class:`History` (an ensemble's run: an :class:`EnsembleHistory`)."""
     early_stopping: dict[str, Any]
     best_params: HostArray | None
 
@@ -139,9 +140,11 @@ def check_same_run(source: Path, metadata: dict[str, Any], arrays: dict[str, Hos
             )
 
 
-def _progress(source: Path, progress: dict[str, Any]) -> tuple[int, int, dict[str, Any], History, dict[str, Any]]:
+def _progress(source: Path, progress: dict[str, Any]) -> tuple[int, int, dict[str, Any], Any, dict[str, Any]]:
     try:
-        history = History.from_state(progress["history"])
+        state = progress["history"]
+        kind: Any = EnsembleHistory if isinstance(state, dict) and "members" in state else History
+        history = kind.from_state(state)
         rng_state = progress["rng_state"]
         np.random.default_rng().bit_generator.state = rng_state  # checks its form
         early = dict(progress["early_stopping"])

@@ -117,11 +117,18 @@ def warn_overflow(what: str, count: int) -> None:
                   f"network's arithmetic overflowed; scale the inputs", GpubpWarning, stacklevel=3)
 
 
-def check_optimizer(optimizer: Any) -> Optimizer:
+def check_optimizer(optimizer: Any, members: int | None = None) -> Optimizer:
+    """``optimizer`` checked for a network (``members`` None) or an ensemble of ``members``: its per-member
+    lists, if any, must have one value per member."""
     if not isinstance(optimizer, Optimizer):
         raise GpubpTypeError(
             f"optimizer must be a gpubp.optim optimizer (SGD, Adam, AdamW), got {type(optimizer).__name__}"
         )
+    given = optimizer.members
+    if given is not None and given != members:
+        target = "a single network (gpubp.MLP)" if members is None else f"this ensemble of {members} members"
+        raise GpubpValueError(f"the optimizer has per-member values — {optimizer.describe_members()} — which "
+                              f"need a gpubp.Ensemble of {given} members; it was given to {target}")
     return optimizer
 
 

@@ -23,6 +23,10 @@ the other losses the network multiplies ∂L/∂a by σ'(z) of its output activa
 Every function works in place on buffers the network preallocates: ``tmp`` has
 the output's shape and ``rows`` is ``(2, N, 1)``.
 
+**Members.** ``members=K`` says the rows are K networks' batches of ``N/K`` rows each,
+stacked (an ensemble's output layer); every mean above is then each member's own, the
+error is that of each member's loss, and the value is a ``(K,)`` array of the members' losses.
+
 **Sample weights.** ``weight`` is ``None`` or one weight per row, shaped ``(N, 1)`` and
 scaled by the caller to mean 1 over the batch (``w̃ₙ = N·wₙ / Σw``). Each row's loss
 terms and output error are multiplied by ``w̃ₙ``, so the mean reductions above become
@@ -45,8 +49,8 @@ class Loss:
 
     name: str
     value_and_delta: Callable[..., Any]
-    """``value_and_delta(xp, z, a, y, delta, tmp, rows, weight=None) -> 0-d array``; writes the output error
-    into ``delta``."""
+    """``value_and_delta(xp, z, a, y, delta, tmp, rows, weight=None, members=1) -> 0-d array`` (``(members,)``
+    for stacked members); writes the output error into ``delta``."""
     fused_activation: str | None = None
     """``"softmax"`` or ``"sigmoid"`` when the loss includes the output activation."""
     output: Callable[..., None] | None = None
@@ -57,50 +61,61 @@ class Loss:
         return f"Loss({self.name!r})"
 
 
+def _total(terms: Any, members: int) -> Any:
+    """The sum of the loss terms: over the whole batch, or — for ``members`` networks' batches stacked — per
+    member, a ``(members,)`` array."""
+    return terms.sum() if members == 1 else terms.reshape(members, -1).sum(axis=1)
+
+
 def _weigh(xp: Any, weight: Any, elem: Any, delta: Any) -> None:
     """Row weights (mean 1 over the batch) times each row's loss terms and output error."""
     xp.multiply(elem, weight, out=elem)
     xp.multiply(delta, weight, out=delta)
 
 
-def _mse(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
-    scale = 1.0 / a.size
+def _mse(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None,
+         members: int = 1) -> Any:
+    scale = members / a.size
     xp.subtract(a, y, out=delta)
-    if weight is None:
+    if weight is None and members == 1:
         loss = xp.vdot(delta.ravel(), delta.ravel()) * scale
     else:
         xp.multiply(delta, delta, out=tmp)
-        _weigh(xp, weight, tmp, delta)
-        loss = tmp.sum() * scale
+        if weight is not None:
+            _weigh(xp, weight, tmp, delta)
+        loss = _total(tmp, members) * scale
     xp.multiply(delta, 2.0 * scale, out=delta)
     return loss
 
 
-def _l1(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
-    scale = 1.0 / a.size
+def _l1(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None,
+        members: int = 1) -> Any:
+    scale = members / a.size
     xp.subtract(a, y, out=delta)
     xp.abs(delta, out=tmp)
     xp.sign(delta, out=delta)
     if weight is not None:
         _weigh(xp, weight, tmp, delta)
-    loss = tmp.sum() * scale
+    loss = _total(tmp, members) * scale
     xp.multiply(delta, scale, out=delta)
     return loss
 
 
-def _huber(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
+def _huber(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None,
+           members: int = 1) -> Any:
     # With d = a − y and c = clip(d, −1, 1): h(d) = c·d − ½c², for both branches.
-    scale = 1.0 / a.size
+    scale = members / a.size
     xp.subtract(a, y, out=tmp)
     xp.clip(tmp, -1.0, 1.0, out=delta)
-    if weight is None:
+    if weight is None and members == 1:
         loss = (xp.vdot(delta.ravel(), tmp.ravel()) - 0.5 * xp.vdot(delta.ravel(), delta.ravel())) * scale
     else:  # tmp ← c·(2d − c) = 2·h(d), in place, then weighted
         xp.multiply(tmp, 2.0, out=tmp)
         xp.subtract(tmp, delta, out=tmp)
         xp.multiply(tmp, delta, out=tmp)
-        _weigh(xp, weight, tmp, delta)
-        loss = tmp.sum() * (0.5 * scale)
+        if weight is not None:
+            _weigh(xp, weight, tmp, delta)
+        loss = _total(tmp, members) * (0.5 * scale)
     xp.multiply(delta, scale, out=delta)
     return loss
 
@@ -116,7 +131,8 @@ def _softmax(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
     xp.divide(a, row_sum, out=a)
 
 
-def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
+def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None,
+                   members: int = 1) -> Any:
     # a already holds softmax(z) (from ``output``), rows the max and the sum of exps. Both are only
     # read, so the loss can be computed again after one forward pass with the same result.
     # Each row's loss, logsumexp(z) − y·z, is ≥ 0 in exact arithmetic (the targets are probabilities);
@@ -134,8 +150,8 @@ def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: 
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (P − Y) / N
     if weight is not None:
         _weigh(xp, weight, row_loss, delta)
-    loss = row_loss.sum() * (1.0 / n)
-    xp.multiply(delta, 1.0 / n, out=delta)
+    loss = _total(row_loss, members) * (members / n)
+    xp.multiply(delta, members / n, out=delta)
     return loss
 
 
@@ -143,10 +159,11 @@ def _sigmoid_output(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
     ACTIVATIONS["sigmoid"].forward(xp, z, a, tmp)
 
 
-def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None) -> Any:
+def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weight: Any = None,
+         members: int = 1) -> Any:
     # −[y·log σ(z) + (1 − y)·log(1 − σ(z))] = softplus(z) − y·z, stable for any z.
     # Each element is ≥ 0 in exact arithmetic for y in [0, 1]; clamped so rounding cannot go below.
-    scale = 1.0 / z.size
+    scale = members / z.size
     ACTIVATIONS["softplus"].forward(xp, z, tmp, delta)
     xp.multiply(y, z, out=delta)  # delta is scratch until BP1 below
     xp.subtract(tmp, delta, out=tmp)
@@ -154,7 +171,7 @@ def _bce(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, weigh
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (σ(z) − Y) / M
     if weight is not None:
         _weigh(xp, weight, tmp, delta)
-    loss = tmp.sum() * scale
+    loss = _total(tmp, members) * scale
     xp.multiply(delta, scale, out=delta)
     return loss
 

@@ -43,6 +43,31 @@ PREDICT_BATCH = 2048
 """Rows per forward pass of :meth:`MLP.forward`, :meth:`MLP.predict` and :meth:`MLP.evaluate` by default."""
 
 
+def parameter_slices(sizes: Sequence[int]) -> list[tuple[slice, slice]]:
+    """Where each layer's ``W`` (``fan_in·fan_out`` values, row-major) and ``b`` lie in the flat parameter buffer."""
+    slices, offset = [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        w = slice(offset, offset + fan_in * fan_out)
+        b = slice(w.stop, w.stop + fan_out)
+        slices.append((w, b))
+        offset = b.stop
+    return slices
+
+
+def initial_parameters(sizes: Sequence[int], activations: Sequence[Activation | None], init: str,
+                       seed: int | None) -> HostArray:
+    """The flat float64 parameters of a new network drawn from ``seed``: each ``W`` by ``init`` (``"auto"``:
+    by its layer's activation), every ``b`` zero. The same seed gives the same network everywhere (an
+    ensemble's member k is the network of its seed k)."""
+    rng = np.random.default_rng(seed)
+    slices = parameter_slices(sizes)
+    host = np.zeros(slices[-1][1].stop, dtype=np.float64)
+    for (fan_in, fan_out), activation, (w, _) in zip(zip(sizes[:-1], sizes[1:]), activations, slices):
+        scheme = init if init != "auto" else (activation.init if activation else "xavier")
+        host[w] = init_weights(rng, scheme, fan_in, fan_out).ravel()
+    return host
+
+
 class MLP:
     """A fully-connected network trained by explicit backpropagation.
 
@@ -117,18 +142,9 @@ class MLP:
         return net
 
     def _build_parameters(self, seed: int | None) -> None:
-        rng = np.random.default_rng(seed)
+        host = initial_parameters(self.sizes, self._activations, self.init, seed)
+        self._slices = parameter_slices(self.sizes)
         layer_shapes = list(zip(self.sizes[:-1], self.sizes[1:]))
-        host = np.zeros(sum(fi * fo + fo for fi, fo in layer_shapes), dtype=np.float64)
-        offset = 0
-        self._slices: list[tuple[slice, slice]] = []
-        for (fan_in, fan_out), activation in zip(layer_shapes, self._activations):
-            scheme = self.init if self.init != "auto" else (activation.init if activation else "xavier")
-            w = slice(offset, offset + fan_in * fan_out)
-            b = slice(w.stop, w.stop + fan_out)
-            host[w] = init_weights(rng, scheme, fan_in, fan_out).ravel()
-            self._slices.append((w, b))
-            offset = b.stop
         be = self.backend
         self.params: Array = be.asarray(host, self.dtype)
         self.grads: Array = be.zeros(host.shape, self.dtype)

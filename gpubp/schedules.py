@@ -123,3 +123,4 @@ def checked_lr(schedule: Schedule, epoch: int, base_lr: float, epochs: int) -> f
     if not math.isfinite(value) or value < 0:
         raise GpubpValueError(f"lr_schedule returned {value!r} for epoch {epoch}; expected a finite number >= 0")
     return value
+

@@ -126,8 +126,10 @@ class FitConfig:
               min_delta: float = 0.0, restore_best: bool = True, on_nonfinite: str = "raise",
               check_every: int | None = None, checkpoint: Any = None, resume: bool = False,
               checkpoint_every: int = 1, callback: Any = None, distributed: Any = None,
-              shard: str = "replicated") -> FitConfig:
-        """The checked settings; raises naming the first bad argument."""
+              shard: str = "replicated", members: int | None = None) -> FitConfig:
+        """The checked settings; raises naming the first bad argument. ``members``: the run trains an
+        ensemble of that many (the optimizer may hold per-member values; ``on_nonfinite`` may be
+        ``"freeze_member"``)."""
         epochs = check.positive_int("epochs", epochs)
         if callback is not None and not callable(callback):
             raise GpubpTypeError(f"callback must be a function(epoch, record) or None, got {type(callback).__name__}")
@@ -142,13 +144,13 @@ class FitConfig:
             progress = False  # rank 0 alone shows progress
         return cls(
             epochs=epochs, batch_size=check.positive_int("batch_size", batch_size),
-            optimizer=inputs.check_optimizer(optimizer if optimizer is not None else Adam()),
+            optimizer=inputs.check_optimizer(optimizer if optimizer is not None else Adam(), members),
             shuffle=shuffle, progress=progress, seed=None if seed is None else int(seed),
             validation_split=check.fraction("validation_split", validation_split),
             schedule=get_schedule(lr_schedule, epochs),
             early_stopping=None if early_stopping is None else check.positive_int("early_stopping", early_stopping),
             monitor=monitor, min_delta=check.positive_float("min_delta", min_delta, allow_zero=True),
-            restore_best=restore_best, on_nonfinite=check_mode(on_nonfinite),
+            restore_best=restore_best, on_nonfinite=check_mode(on_nonfinite, members is not None),
             check_every=None if check_every is None else check.positive_int("check_every", check_every),
             checkpoint=_checkpoint_path(checkpoint, resume, writer=comm is None or comm.rank == 0), resume=resume,
             checkpoint_every=check.positive_int("checkpoint_every", checkpoint_every), callback=callback,
@@ -220,9 +222,21 @@ class EarlyStopping:
 PROGRESS = (True, False, "lines")
 
 
-def epoch_line(description: str, record: dict[str, float]) -> str:
+def metric_text(value: Any) -> str:
+    """A metric for a progress line: ``0.1234``; an ensemble's per-member values as their mean and range,
+    ``0.1234 [0.1101–0.1502]`` (members that stopped left out)."""
+    if np.ndim(value) == 0:
+        return f"{float(value):.4g}"
+    values = np.asarray(value, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return "-"
+    return f"{values.mean():.4g} [{values.min():.4g}–{values.max():.4g}]"
+
+
+def epoch_line(description: str, record: dict[str, Any]) -> str:
     """``epoch 3/30: loss 0.1234, accuracy 0.95, …`` — one epoch's record as one line."""
-    return f"{description}: " + ", ".join(f"{key} {value:.4g}" for key, value in record.items())
+    return f"{description}: " + ", ".join(f"{key} {metric_text(value)}" for key, value in record.items())
 
 
 class EpochLine:
@@ -360,11 +374,7 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
     """
     comm = config.distributed
     if comm is None:
-        single = _Run(model, X, Y, config, validation_data, sample_weight)
-        single.connect(Communicator())
-        checkpoint = config.checkpoint
-        single.restore(checkpoint if config.resume and checkpoint is not None and checkpoint.exists() else None)
-        return single.train()
+        return train_alone(_Run(model, X, Y, config, validation_data, sample_weight))
     given_seed = config.seed
     seed = comm.broadcast_object(agreed(comm, lambda: _resolve_seed(config) if comm.rank == 0 else None,
                                         "choose the seed"))
@@ -385,6 +395,22 @@ def fit(model: TrainableModel, X: Any, Y: Any, config: FitConfig,
                   f"{failure}); ending every rank", file=sys.stderr, flush=True)
             comm.abort(1)
         raise
+
+
+def checked_rates(schedule: Schedule, epoch: int, base_lr: float | tuple[float, ...],
+                  epochs: int) -> float | tuple[float, ...]:
+    """:func:`~gpubp.schedules.checked_lr` of a rate, or of each member's rate of an ensemble's sweep."""
+    if isinstance(base_lr, tuple):
+        return tuple(checked_lr(schedule, epoch, base, epochs) for base in base_lr)
+    return checked_lr(schedule, epoch, base_lr, epochs)
+
+
+def train_alone(run: _Run) -> Any:
+    """Train a run of one process: set up, resume when asked (and the checkpoint exists), the epochs."""
+    run.connect(Communicator())
+    checkpoint = run.config.checkpoint
+    run.restore(checkpoint if run.config.resume and checkpoint is not None and checkpoint.exists() else None)
+    return run.train()
 
 
 def _exchange(comm: Communicator | None, on_gpu: bool) -> list[Any]:
@@ -461,16 +487,26 @@ class _Run:
         self.x_all, self.y_all = inputs.training_set_to_device(self.backend, X, Y, model.dtype, is_labels)
         self.weight: Any = weight  # on the device, scaled by the largest of any rank, in connect()
         self.weight_all: Array | None = None
-        self.guard = Guard(self.backend, model.grads, config.on_nonfinite, config.check_every)
+        self.guard: Any = self._guard()
         self.step: Step = Step(model, config.optimizer, self.guard)
         self.partition: Partition | None = None
-        self.early = EarlyStopping(monitor, config.early_stopping, config.min_delta)
+        self.early: Any = self._early_stopping(monitor)
         keep_best = config.early_stopping is not None and config.restore_best
         self.best_params = self.backend.empty(model.params.shape, model.params.dtype) if keep_best else None
         self.best_saved = False  # whether best_params holds the weights of history.best_epoch
-        self.history = History()
+        self.history: Any = self._new_history()
         self.history.monitor = monitor
         self.steps_done, self.first_epoch = 0, 1
+
+    def _guard(self) -> Any:
+        """The divergence guard of the run (an ensemble's run keeps one flag per member)."""
+        return Guard(self.backend, self.model.grads, self.config.on_nonfinite, self.config.check_every)
+
+    def _early_stopping(self, monitor: str) -> Any:
+        return EarlyStopping(monitor, self.config.early_stopping, self.config.min_delta)
+
+    def _new_history(self) -> Any:
+        return History()
 
     def connect(self, comm: Communicator) -> None:
         """The set-up that involves every rank (one, without ``distributed``): this rank's rows of each
@@ -594,7 +630,7 @@ class _Run:
         try:  # overflow is the guard's business: it reports it, NumPy's warnings would only be noise
             with inputs.quiet_overflow():
                 for epoch in range(self.first_epoch, self.config.epochs + 1):
-                    optimizer.lr = checked_lr(self.config.schedule, epoch, base_lr, self.config.epochs)
+                    optimizer.lr = checked_rates(self.config.schedule, epoch, base_lr, self.config.epochs)
                     self._epoch(epoch)
                     if self.config.checkpoint is not None and self._checkpoint_due(epoch):
                         optimizer.lr = base_lr
@@ -603,10 +639,14 @@ class _Run:
                         break
         finally:
             optimizer.lr = base_lr
+        self._restore_best()
+        return self.history
+
+    def _restore_best(self) -> None:
+        """With ``restore_best``: the weights of the best epoch back in the model, unless they are its last."""
         last = self.history.epochs[-1] if self.history.epochs else None
         if self.best_saved and self.history.best_epoch != last:
             self.backend.copy_into(self.model.params, self.best_params)
-        return self.history
 
     def _checkpoint_due(self, epoch: int) -> bool:
         c = self.config
@@ -644,14 +684,16 @@ class _Run:
             if c.on_nonfinite == "skip_step":
                 record["skipped_steps"] = skipped
             validation_time = self._validate(record)
-            record.update(lr=c.optimizer.lr, time=train_time, samples_per_s=self.partition.n_global / train_time)
+            rate = c.optimizer.lr
+            assert not isinstance(rate, tuple)  # (per-member rates are an ensemble's: its own loop)
+            record.update(lr=rate, time=train_time, samples_per_s=self.partition.n_global / train_time)
             if validation_time is not None:
                 record["val_time"] = validation_time
             if isinstance(bar, EpochLine):
                 bar.record = record
             elif bar is not None:
                 hidden = ("time", "samples_per_s", "val_time")
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in hidden})
+                bar.set_postfix({k: metric_text(v) for k, v in record.items() if k not in hidden})
         stop = bool(c.callback(epoch, record)) if c.callback is not None else False
         if c.distributed is not None:  # one decision (whether or not this rank has a callback): any rank's stop
             stop = any(c.distributed.allgather(stop))

@@ -4,6 +4,11 @@
 //                            A = sigma(Z).  Z is written back only when it lives in its own
 //                            buffer (z != a), i.e. when sigma' needs it (gelu, silu) or a fused
 //                            loss reads it; otherwise A overwrites Z in place.
+//                            The member dimension: an ensemble of K networks stacks its members'
+//                            rows (Z is K x member_rows x cols) and launches a grid of K in y;
+//                            member blockIdx.y adds its own bias row, b + blockIdx.y * b_stride
+//                            (b_stride = the members' distance in the flat parameter buffer).
+//                            One network: gridDim.y = 1, member_rows = rows.
 // act_backward<T, Act>       backward, one pass, in place:  delta = delta (.) sigma'(Z), the
 //                            last factor of BP1 and BP2; sigma' from A where the activation
 //                            allows (z is then never read and may be any pointer).
@@ -15,8 +20,13 @@
 namespace gpubp {
 
 template <class T, class Act>
-__global__ void bias_act_forward(const T* __restrict__ b, T* z, T* a, index_t rows, index_t cols) {
-    const index_t n = rows * cols;
+__global__ void bias_act_forward(const T* __restrict__ b, T* z, T* a, index_t member_rows, index_t cols,
+                                 index_t b_stride) {
+    const index_t n = member_rows * cols;
+    const index_t member_offset = (index_t)blockIdx.y * n;
+    b += (index_t)blockIdx.y * b_stride;
+    z += member_offset;
+    a += member_offset;
     const index_t start = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
     const index_t stride = (index_t)blockDim.x * gridDim.x;
     if (start >= n) return;

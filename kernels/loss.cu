@@ -1,10 +1,13 @@
 // loss.cu -- the output layer: fused softmax / sigmoid, the losses and BP1.
 //
-// With M = rows * cols output elements and N = rows (mean reduction, PyTorch's definitions):
+// With M = rows * cols output elements and N = rows (mean reduction, PyTorch's definitions;
+// the scale is the caller's, see "Members" below):
 //
 // bias_softmax<T>       Z = Z + b;  P = softmax(Z) row by row, shifted by the row maximum so exp
 //                       never overflows.  Leaves m = max_k z_k in row_max and s = sum_k e^(z_k - m)
 //                       in row_sum (logsumexp(z) = m + log s), for the loss.  One thread per row.
+//                       Row r belongs to member r / member_rows, whose bias is b + member * b_stride
+//                       (one network: member_rows = rows).
 // softmax_xent<T>       row_loss[n] = max(0, m_n + log s_n - sum_k y_nk z_nk)   (cross entropy of row n,
 //                       never below 0 by rounding)
 //                       delta = (P - Y) * scale, scale = 1/N          (BP1 through the softmax).
@@ -15,6 +18,10 @@
 //                       delta = sign(d) scale;  huber (delta = 1): c = clip(d, -1, 1),
 //                       elem = c d - c^2/2, delta = c scale;  scale = 1/M.
 // one_hot<T>            out[n, k] = (labels[n] == k).
+//
+// Members: an ensemble of K networks stacks its members' rows (rows = K N, M = K N cols) and
+// passes scale = 1/N (softmax_xent) or 1/(N cols): each member's mean; the caller sums each
+// member's part of row_loss / elem.  The weights then hold K N rows, each member's scaled to mean 1.
 //
 // Sample weights: softmax_xent, bce and pointwise_loss take w (one weight per row) and a flag
 // `weighted`.  When it is nonzero, row n's loss terms and output error are multiplied by w[n]
@@ -28,10 +35,11 @@
 namespace gpubp {
 
 template <class T>
-__global__ void bias_softmax(const T* __restrict__ b, T* z, T* p, T* row_max, T* row_sum,
-                             index_t rows, index_t cols) {
+__global__ void bias_softmax(const T* __restrict__ b_all, T* z, T* p, T* row_max, T* row_sum,
+                             index_t rows, index_t cols, index_t member_rows, index_t b_stride) {
     if (cols <= 0) return;
     GPUBP_GRID_STRIDE(r, rows) {
+        const T* b = b_all + (r / member_rows) * b_stride;
         T* zr = z + r * cols;
         T* pr = p + r * cols;
         T m = zr[0] + b[0];

@@ -61,8 +61,9 @@ def _instantiations() -> dict[str, list[str]]:
         kernels["reduce.cu"] += [f"gpubp::column_partials<{ctype}>", f"gpubp::column_total<{ctype}>",
                                  f"gpubp::any_nonfinite<{ctype}>"]
         kernels["optim.cu"] += [f"gpubp::sgd_step<{ctype}>", f"gpubp::adam_prepare<{ctype}>",
-                                f"gpubp::adam_step<{ctype}>"]
-    kernels["optim.cu"].append("gpubp::count_step")
+                                f"gpubp::adam_step<{ctype}>", f"gpubp::sgd_step_members<{ctype}>",
+                                f"gpubp::adam_prepare_members<{ctype}>", f"gpubp::adam_step_members<{ctype}>"]
+    kernels["optim.cu"] += ["gpubp::count_step", "gpubp::count_steps"]
     return kernels
 
 
@@ -215,12 +216,22 @@ class FusedOps:
         if n > 0:
             function(grid if grid is not None else (self._grid(n),), block, args)
 
+    def _member_grid(self, members: int, per_member: int) -> tuple[int, int]:
+        """The grid of a member kernel: ``members`` blocks tall, enough blocks wide to fill the device."""
+        if members > MAX_MEMBERS:
+            raise ValueError(f"the kernels take at most {MAX_MEMBERS} members, got {members}")
+        width = min((per_member + BLOCK - 1) // BLOCK, max(1, self.max_blocks // members))
+        return max(1, width), members
+
     # activations --------------------------------------------------------------------------------------
     def bias_act_forward(self, activation: str, z: Any, b: Any, a: Any) -> None:
-        """``z += b`` (kept only when ``z is not a``) and ``a = σ(z)``, one pass."""
-        rows, cols = z.shape
+        """``z += b`` (kept only when ``z is not a``) and ``a = σ(z)``, one pass. An ensemble's ``z`` is
+        ``(K, N, cols)`` and ``b`` its ``(K, 1, cols)`` bias view of the parameter buffer (see :func:`bias_span`)."""
+        members, rows, cols = member_shape(z)
+        span, stride = bias_span(b, members, cols)
         function = self._function(z.dtype, "bias_act_forward", ACTIVATION_FUNCTORS[activation])
-        self._launch(rows * cols, function, (b, z, a, np.int64(rows), np.int64(cols)))
+        self._launch(rows * cols, function, (span, z, a, np.int64(rows), np.int64(cols), np.int64(stride)),
+                     grid=(self._member_grid(members, rows * cols)))
 
     def act_backward(self, activation: str, delta: Any, z: Any, a: Any) -> None:
         """``delta ← delta ⊙ σ'(z or a)`` in place, one pass."""
@@ -229,34 +240,40 @@ class FusedOps:
 
     # output layer and losses --------------------------------------------------------------------------
     def bias_softmax(self, z: Any, b: Any, p: Any, row_max: Any, row_sum: Any) -> None:
-        """``z += b``, ``p = softmax(z)``; row maxima and sums of exp(z − max) into ``row_max``/``row_sum``."""
-        rows, cols = z.shape
+        """``z += b``, ``p = softmax(z)``; row maxima and sums of exp(z − max) into ``row_max``/``row_sum``
+        (an ensemble's ``z`` ``(K, N, cols)``, ``b`` ``(K, 1, cols)``, as in :meth:`bias_act_forward`)."""
+        members, rows, cols = member_shape(z)
+        span, stride = bias_span(b, members, cols)
         function = self._function(z.dtype, "bias_softmax")
-        self._launch(rows, function, (b, z, p, row_max, row_sum, np.int64(rows), np.int64(cols)))
+        self._launch(members * rows, function, (span, z, p, row_max, row_sum, np.int64(members * rows),
+                                                np.int64(cols), np.int64(max(rows, 1)), np.int64(stride)))
 
     def softmax_xent(self, z: Any, p: Any, y: Any, delta: Any, row_max: Any, row_sum: Any,
-                     row_loss: Any, weight: Any = None) -> None:
-        """Cross entropy per row into ``row_loss``, ``delta = (p − y)/N``; each row times ``weight`` if given."""
+                     row_loss: Any, weight: Any = None, members: int = 1) -> None:
+        """Cross entropy per row into ``row_loss``, ``delta = (p − y)/N``; each row times ``weight`` if given.
+        ``members`` > 1: the rows are that many members' batches of N = rows / members, stacked."""
         rows, cols = z.shape
         scalar = z.dtype.type
         function = self._function(z.dtype, "softmax_xent")
         self._launch(rows, function, (z, p, y, delta, row_max, row_sum, row_loss, *_weight_args(weight, y),
-                                      np.int64(rows), np.int64(cols), scalar(1.0 / max(rows, 1))))
+                                      np.int64(rows), np.int64(cols), scalar(members / max(rows, 1))))
 
-    def bce(self, z: Any, a: Any, y: Any, delta: Any, elem: Any, weight: Any = None) -> None:
-        """``elem = softplus(z) − y·z``, ``delta = (a − y)/M``; each row times ``weight`` if given."""
+    def bce(self, z: Any, a: Any, y: Any, delta: Any, elem: Any, weight: Any = None, members: int = 1) -> None:
+        """``elem = softplus(z) − y·z``, ``delta = (a − y)/M``; each row times ``weight`` if given
+        (``members`` as in :meth:`softmax_xent`)."""
         scalar = z.dtype.type
         function = self._function(z.dtype, "bce")
         self._launch(z.size, function, (z, a, y, delta, elem, *_weight_args(weight, y), np.int64(z.size),
-                                        np.int64(max(z.shape[1], 1)), scalar(1.0 / max(z.size, 1))))
+                                        np.int64(max(z.shape[1], 1)), scalar(members / max(z.size, 1))))
 
-    def pointwise_loss(self, loss: str, a: Any, y: Any, delta: Any, elem: Any, weight: Any = None) -> None:
+    def pointwise_loss(self, loss: str, a: Any, y: Any, delta: Any, elem: Any, weight: Any = None,
+                       members: int = 1) -> None:
         """``elem`` = the loss of each element, ``delta`` = ∂L/∂a (mse, l1, huber; mean reduction); each row
-        times ``weight`` if given."""
+        times ``weight`` if given (``members`` as in :meth:`softmax_xent`)."""
         scalar = a.dtype.type
         function = self._function(a.dtype, "pointwise_loss", POINTWISE_LOSSES[loss])
         self._launch(a.size, function, (a, y, delta, elem, *_weight_args(weight, y), np.int64(a.size),
-                                        np.int64(max(a.shape[1], 1)), scalar(1.0 / max(a.size, 1))))
+                                        np.int64(max(a.shape[1], 1)), scalar(members / max(a.size, 1))))
 
     def one_hot(self, labels: Any, out: Any) -> None:
         rows, cols = out.shape
@@ -323,3 +340,74 @@ class FusedOps:
             params, grads, m, v, np.int64(params.size), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
             scalar(eps), scalar(weight_decay), scalar(1.0 - lr * weight_decay), np.int32(bool(decoupled)),
             factors, skip))
+
+    # optimizers of an ensemble: one launch for every member -------------------------------------------
+    def count_steps(self, steps: Any, skip: Any) -> None:
+        """``steps[k] += 1`` for every member ``k`` whose ``skip[k]`` is 0."""
+        members = steps.size
+        self._launch(members, self._function(None, "count_steps"), (steps, skip, np.int64(members)))
+
+    def sgd_step_members(self, params: Any, grads: Any, velocity: Any, skip: Any, hyper: Any, *,
+                         nesterov: bool) -> None:
+        """One SGD step of every member (row) of ``params`` ``(K, P)`` whose ``skip[k]`` is 0, with member
+        k's ``hyper[k] = [lr, momentum, lr·momentum, weight_decay]`` (a ``(K, 4)`` device array)."""
+        members, per_member = params.shape
+        function = self._function(params.dtype, "sgd_step_members")
+        self._launch(params.size, function, (params, grads, params if velocity is None else velocity,
+                                             np.int64(per_member), hyper, np.int32(bool(nesterov)), skip),
+                     grid=self._member_grid(members, per_member))
+
+    def adam_prepare_members(self, steps: Any, skip: Any, lr: Any, factors: Any, *, beta1: float,
+                             beta2: float) -> None:
+        """For every member k whose ``skip[k]`` is 0: count its step and write its two bias-correction
+        factors into ``factors[k]`` (``lr`` is the members' float64 learning rates on the device)."""
+        members = steps.size
+        function = self._function(factors.dtype, "adam_prepare_members")
+        self._launch(members, function, (steps, skip, np.int64(members), np.float64(beta1), np.float64(beta2),
+                                         lr, factors))
+
+    def adam_step_members(self, params: Any, grads: Any, m: Any, v: Any, factors: Any, skip: Any, hyper: Any, *,
+                          beta1: float, beta2: float, eps: float, decoupled: bool) -> None:
+        """One Adam/AdamW step of every member k whose ``skip[k]`` is 0, with its ``factors[k]`` from
+        :meth:`adam_prepare_members` and ``hyper[k] = [weight_decay, 1 − lr·weight_decay]``."""
+        members, per_member = params.shape
+        scalar = params.dtype.type
+        function = self._function(params.dtype, "adam_step_members")
+        self._launch(params.size, function, (
+            params, grads, m, v, np.int64(per_member), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
+            scalar(eps), hyper, np.int32(bool(decoupled)), factors, skip), grid=self._member_grid(members, per_member))
+
+
+MAX_MEMBERS = 65535
+"""The most members a member kernel takes: its grid is one block tall per member (CUDA's grid.y limit)."""
+
+
+def member_shape(z: Any) -> tuple[int, int, int]:
+    """(members, rows per member, cols) of a layer's ``(N, cols)`` (one network) or ``(K, N, cols)`` buffer."""
+    if z.ndim == 2:
+        return 1, int(z.shape[0]), int(z.shape[1])
+    members, rows, cols = z.shape
+    return int(members), int(rows), int(cols)
+
+
+def bias_span(b: Any, members: int, cols: int) -> tuple[Any, int]:
+    """The bias of one network (``(cols,)``, stride 0), or of K members: their ``(K, 1, cols)`` view of the
+    ``(K, P)`` parameter buffer, as the contiguous stretch from member 0's bias to member K−1's and the
+    distance between members (P), which is what the kernels index."""
+    if members == 1 and b.ndim == 1:
+        return b, 0
+    stride = int(b.strides[0] // b.itemsize)
+    assert b.strides[-1] == b.itemsize, "a member's bias must be contiguous"
+    length = (members - 1) * stride + cols
+    return b.reshape(-1)[:0] if length == 0 else _as_strided(b, length), stride
+
+
+def _as_strided(b: Any, length: int) -> Any:
+    """The 1-D contiguous view of ``length`` elements starting where ``b`` starts (``b`` being a strided view
+    into a larger contiguous buffer that holds them)."""
+    module = type(b).__module__.split(".")[0]
+    if module == "numpy":
+        return np.lib.stride_tricks.as_strided(b, shape=(length,), strides=(b.itemsize,))
+    import cupy
+
+    return cupy.lib.stride_tricks.as_strided(b, shape=(length,), strides=(b.itemsize,))

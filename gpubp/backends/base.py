@@ -149,7 +149,9 @@ class Backend:
     def bias_loss_output(self, loss: Loss, z: Array, b: Array, a: Array, tmp: Array, rows: Array) -> None:
         """``z += b`` then the probabilities of a loss that fuses its output activation (softmax, sigmoid)."""
         self.add_bias(z, b)
-        self.loss_output(loss, z, a, tmp, rows)
+        # an ensemble's (K, N, width) buffers as its members' rows one after the other
+        z_rows, a_rows, tmp_rows = (x.reshape(-1, x.shape[-1]) for x in (z, a, tmp))
+        self.loss_output(loss, z_rows, a_rows, tmp_rows, rows)
 
     def activation_forward(self, activation: Activation, z: Array, a: Array, tmp: Array) -> None:
         """``a = σ(z)``; ``a`` may be ``z`` itself when σ' does not need ``z``."""
@@ -168,13 +170,15 @@ class Backend:
         loss.output(self.xp, z, a, tmp, rows)
 
     def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array,
-                             tmp: Array, rows: Array, weight: Array | None = None) -> Array:
+                             tmp: Array, rows: Array, weight: Array | None = None, members: int = 1) -> Array:
         """The loss as a 0-d array; writes the output error into ``delta`` (BP1).
 
-        ``weight``: None, or ``(N, 1)`` row weights of mean 1 (see :mod:`gpubp.losses`)."""
-        if weight is None:  # (the losses of users' own code may not know the argument)
-            return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows))
-        return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows, weight))
+        ``weight``: None, or ``(N, 1)`` row weights of mean 1 (see :mod:`gpubp.losses`). ``members`` > 1:
+        the rows are that many networks' batches, stacked; the loss is then each member's mean, ``(K,)``."""
+        extra = {} if members == 1 else {"members": members}  # (users' own losses may not know the arguments)
+        if weight is None:
+            return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows, **extra))
+        return self.xp.asarray(loss.value_and_delta(self.xp, z, a, y, delta, tmp, rows, weight, **extra))
 
     # --- divergence guard ---------------------------------------------------------------------
     def nonfinite_flag(self, values: Array, loss: Array, flag: Array, carry: Array | None = None) -> None:
@@ -226,6 +230,84 @@ class Backend:
                                    eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         self.elementwise(update, [params, grads, m, v, scratch, scratch2], passes=UPDATE_PASSES)
 
+    # --- an ensemble's updates: K members, each a row of a (K, P) buffer -----------------------------
+    def nonfinite_flags(self, values: Array, losses: Array, flags: Array) -> None:
+        """``flags[k] = 1`` where member k's loss or any of ``values[k]`` is NaN/Inf (by the sum of its row, as
+        :meth:`nonfinite_flag`), else 0."""
+        xp = self.xp
+        good = xp.logical_and(xp.isfinite(values.sum(axis=1)), xp.isfinite(losses))
+        xp.logical_not(good, out=good)
+        xp.copyto(flags, good, casting="unsafe")
+
+    def _active_members(self, steps: Array, skip: Array | None) -> HostArray:
+        """The members to update (``skip[k]`` 0), their steps counted; reads the flags on the host, as
+        :meth:`_count_step` does."""
+        members = int(steps.shape[0])
+        active = np.arange(members) if skip is None else np.flatnonzero(self.to_host(skip) == 0)
+        if active.size:
+            steps[self.xp.asarray(active)] += 1
+        return active
+
+    def _update_members(self, math: Callable[..., None], active: HostArray, buffers: list[Array | None],
+                        per_member: dict[str, Any], fixed: dict[str, Any]) -> None:
+        """``math(xp, *buffers, **hyperparameters)`` on the rows ``active`` of ``(K, P)`` buffers: all of them
+        in place, or copies of the active rows written back. A hyperparameter alike for every updated member
+        is passed as a number (as for one network); else as a ``(K, 1)`` column."""
+        params = buffers[0]
+        assert params is not None
+        xp, members = self.xp, params.shape[0]
+        every = active.size == members
+        index = None if every else xp.asarray(active)
+        rows = list(buffers) if every else [None if b is None else b[index] for b in buffers]
+        columns: dict[str, Any] = {}
+        for name, values in per_member.items():
+            chosen = np.broadcast_to(np.asarray(values, dtype=np.float64), (members,))[active]
+            if np.all(chosen == chosen[0]):
+                fixed = {**fixed, name: float(chosen[0])}
+            else:  # (the step count in float64, as the bias corrections of one network are computed)
+                columns[name] = self.asarray(chosen.reshape(-1, 1), np.float64 if name == "step" else params.dtype)
+        names = list(columns)
+
+        def update(*arrays: Any) -> None:
+            math(xp, *arrays[:len(rows)], **dict(zip(names, arrays[len(rows):])), **fixed)
+
+        self.elementwise(update, [*rows, *columns.values()], passes=UPDATE_PASSES)
+        if not every:
+            for buffer, row in zip(buffers, rows):
+                if buffer is not None and row is not buffer:
+                    buffer[index] = row
+
+    def sgd_update_members(self, params: Array, grads: Array, velocity: Array | None, steps: Array,
+                           skip: Array | None, *, lr: Any, momentum: Any, nesterov: bool, weight_decay: Any) -> None:
+        """One SGD step (:func:`sgd_math`) of every member k whose ``skip[k]`` is 0, with its own ``lr[k]``,
+        ``momentum[k]`` and ``weight_decay[k]``, counted in ``steps[k]``; the others are left as they were."""
+        active = self._active_members(steps, skip)
+        if active.size:
+            scratch = self.scratch("update", params.shape, params.dtype)
+            self._update_members(sgd_math, active, [params, grads, velocity, scratch],
+                                 {"lr": lr, "momentum": momentum, "weight_decay": weight_decay},
+                                 {"nesterov": nesterov})
+
+    def adam_update_members(self, params: Array, grads: Array, m: Array, v: Array, steps: Array,
+                            skip: Array | None, *, lr: Any, beta1: float, beta2: float, eps: float,
+                            weight_decay: Any, decoupled: bool) -> None:
+        """One Adam/AdamW step (:func:`adam_math`) of every member k whose ``skip[k]`` is 0, at its own step
+        ``steps[k]`` (counted first), with its own ``lr[k]`` and ``weight_decay[k]``."""
+        active = self._active_members(steps, skip)
+        if not active.size:
+            return
+        scratch = self.scratch("update", params.shape, params.dtype)
+        scratch2 = self.scratch("update2", params.shape, params.dtype) \
+            if np.any(np.asarray(weight_decay) != 0) and not decoupled else None
+        self._update_members(adam_math, active, [params, grads, m, v, scratch, scratch2],
+                             {"lr": lr, "weight_decay": weight_decay, "step": self.to_host(steps)},
+                             {"beta1": beta1, "beta2": beta2, "eps": eps, "decoupled": decoupled})
+
+
+def _used(value: Any) -> bool:
+    """Whether a hyperparameter — a number, or an ensemble's column of them — is nonzero anywhere."""
+    return bool((value != 0).any()) if hasattr(value, "shape") else bool(value)
+
 
 def sgd_math(xp: Any, params: Array, grads: Array, velocity: Array | None, scratch: Array, *,
              lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
@@ -234,11 +316,11 @@ def sgd_math(xp: Any, params: Array, grads: Array, velocity: Array | None, scrat
     g ← ∇ + wd·θ;  v ← μ·v + g;  d ← g + μ·v (Nesterov) or v (momentum) or g;  θ ← θ − lr·d
     """
     g = grads
-    if weight_decay:
+    if _used(weight_decay):
         xp.multiply(params, weight_decay, out=scratch)
         xp.add(scratch, grads, out=scratch)
         g = scratch
-    if momentum:
+    if _used(momentum):
         assert velocity is not None
         xp.multiply(velocity, momentum, out=velocity)
         xp.add(velocity, g, out=velocity)
@@ -254,7 +336,7 @@ def sgd_math(xp: Any, params: Array, grads: Array, velocity: Array | None, scrat
 
 
 def adam_math(xp: Any, params: Array, grads: Array, m: Array, v: Array, scratch: Array, scratch2: Array | None, *,
-              step: int, lr: float, beta1: float, beta2: float, eps: float,
+              step: Any, lr: Any, beta1: float, beta2: float, eps: float,
               weight_decay: float, decoupled: bool) -> None:
     """One Adam / AdamW step in place (torch.optim.Adam / AdamW, amsgrad off); ``step`` counts from 1.
 
@@ -263,9 +345,9 @@ def adam_math(xp: Any, params: Array, grads: Array, m: Array, v: Array, scratch:
     θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
     """
     g = grads
-    if weight_decay and decoupled:
+    if _used(weight_decay) and decoupled:
         xp.multiply(params, 1.0 - lr * weight_decay, out=params)
-    elif weight_decay:
+    elif _used(weight_decay):
         assert scratch2 is not None
         xp.multiply(params, weight_decay, out=scratch2)
         xp.add(scratch2, grads, out=scratch2)
@@ -277,8 +359,9 @@ def adam_math(xp: Any, params: Array, grads: Array, m: Array, v: Array, scratch:
     xp.multiply(scratch, 1.0 - beta2, out=scratch)
     xp.multiply(v, beta2, out=v)
     xp.add(v, scratch, out=v)
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    bias_correction1 = 1.0 - beta1**step  # (an ensemble's members may each be at their own step: a column)
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step) if isinstance(step, (int, float)) \
+        else xp.sqrt(1.0 - beta2**step)
     xp.sqrt(v, out=scratch)
     xp.multiply(scratch, 1.0 / bias_correction2_sqrt, out=scratch)
     xp.add(scratch, eps, out=scratch)

@@ -20,7 +20,14 @@ operation                             kernel (one pass over memory)             
                                       ``adam_prepare<T>`` that counts the step on the
                                       device and computes Adam's bias corrections)
 ``nonfinite_flag``                    ``any_nonfinite<T>``                              2
+``sgd_update_members`` /              ``sgd_step_members<T>`` / ``adam_step_members``   (K rows)
+``adam_update_members`` (ensembles)   (after ``count_steps`` / ``adam_prepare_members``)
 ====================================  ==============================================  =========
+
+An ensemble's layers are ``(K, N, width)``: ``bias_act_forward`` and ``bias_softmax`` take
+the members' biases (a grid K blocks tall), the loss kernels take the K stacked batches with
+each member's own mean, ``act_backward`` is elementwise and needs nothing more, and the
+optimizer kernels take each member's hyperparameters, step count and skip flag.
 
 The last column counts the passes over memory (ufunc calls) of the reference
 operation in :class:`~gpubp.backends.base.Backend` that the kernel replaces.
@@ -98,20 +105,24 @@ class FusedBackend(Backend):
 
     # --- loss and backward --------------------------------------------------------------------------
     def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array, tmp: Array,
-                             rows: Array, weight: Array | None = None) -> Array:
+                             rows: Array, weight: Array | None = None, members: int = 1) -> Array:
         if not self._kernel_loss(loss):
-            return super().loss_value_and_delta(loss, z, a, y, delta, tmp, rows, weight)
+            return super().loss_value_and_delta(loss, z, a, y, delta, tmp, rows, weight, members)
         if loss.name == "cross_entropy":  # rows[0], rows[1] hold the max and Σ exp from bias_softmax
             n = z.shape[0]
-            row_loss = tmp.reshape(-1)[:n]  # not rows[1]: the loss can be computed again after one forward
-            self.ops.softmax_xent(z, a, y, delta, rows[0], rows[1], row_loss, weight)
-            return self.xp.asarray(row_loss.sum() * (1.0 / max(n, 1)))
-        if loss.name == "bce":
-            self.ops.bce(z, a, y, delta, tmp, weight)
+            terms = tmp.reshape(-1)[:n]  # not rows[1]: the loss can be computed again after one forward
+            self.ops.softmax_xent(z, a, y, delta, rows[0], rows[1], terms, weight, members)
         else:
-            assert loss.name in POINTWISE_LOSSES
-            self.ops.pointwise_loss(loss.name, a, y, delta, tmp, weight)
-        return self.xp.asarray(tmp.sum() * (1.0 / max(tmp.size, 1)))
+            terms = tmp
+            if loss.name == "bce":
+                self.ops.bce(z, a, y, delta, tmp, weight, members)
+            else:
+                assert loss.name in POINTWISE_LOSSES
+                self.ops.pointwise_loss(loss.name, a, y, delta, tmp, weight, members)
+        scale = members / max(terms.size, 1)
+        if members == 1:
+            return self.xp.asarray(terms.sum() * scale)
+        return terms.reshape(members, -1).sum(axis=1) * scale  # each member's mean
 
     def activation_backward(self, activation: Activation, delta: Array, z: Array, a: Array,
                             tmp: Array, tmp2: Array) -> None:
@@ -123,7 +134,7 @@ class FusedBackend(Backend):
     def bias_grad(self, delta: Array, ones: Array, out: Array) -> None:
         # One column (a one-output last layer) always takes the kernel: cuBLAS's GEMV path in CuPy
         # turns a single dot product into an elementwise product and a sum with a batch-sized temporary.
-        if self.bias_grad_method == "gemv" and delta.shape[1] > 1:
+        if delta.ndim == 3 or (self.bias_grad_method == "gemv" and delta.shape[1] > 1):  # (an ensemble: K GEMVs)
             return super().bias_grad(delta, ones, out)
         rows, cols = delta.shape
         chunks, _ = self.ops.column_sum_plan(rows, cols)
@@ -159,3 +170,47 @@ class FusedBackend(Backend):
         self.ops.adam_prepare(steps, skip, factors, lr=lr, beta1=beta1, beta2=beta2)
         self.ops.adam_step(params, grads, m, v, factors, skip, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                            weight_decay=weight_decay, decoupled=decoupled)
+
+    # --- an ensemble's updates: one launch for every member, each with its own hyperparameters -------
+    def _member_table(self, name: str, rows: list[list[float]], dtype: Any) -> Array:
+        """The members' hyperparameters as a device table ``(K, columns)``, uploaded only when they change
+        (a schedule changes them once an epoch)."""
+        table = np.asarray(rows, dtype=dtype).T.copy()
+        device = self.scratch(name, table.shape, dtype)
+        uploaded = self._local.__dict__.setdefault("member_tables", {})
+        key = (name, table.shape, np.dtype(dtype))
+        if key not in uploaded or not np.array_equal(uploaded[key], table):
+            self.copy_into(device, table)
+            uploaded[key] = table
+        return device
+
+    def _all_members(self, members: int) -> Array:
+        """The skip flags of an update without a guard: 0 for every member, never written."""
+        flags = self._local.__dict__.setdefault("never_skip_members", {})
+        if members not in flags:
+            flags[members] = self.zeros((members,), np.int32)
+        return flags[members]
+
+    def sgd_update_members(self, params: Array, grads: Array, velocity: Array | None, steps: Array,
+                           skip: Array | None, *, lr: Any, momentum: Any, nesterov: bool, weight_decay: Any) -> None:
+        members = params.shape[0]
+        lr, momentum, weight_decay = (np.broadcast_to(np.asarray(v, np.float64), (members,)) for v in
+                                      (lr, momentum, weight_decay))
+        skip = self._all_members(members) if skip is None else skip
+        hyper = self._member_table("sgd_hyper", [list(lr), list(momentum), list(lr * momentum), list(weight_decay)],
+                                   params.dtype)
+        self.ops.count_steps(steps, skip)
+        self.ops.sgd_step_members(params, grads, velocity, skip, hyper, nesterov=nesterov)
+
+    def adam_update_members(self, params: Array, grads: Array, m: Array, v: Array, steps: Array,
+                            skip: Array | None, *, lr: Any, beta1: float, beta2: float, eps: float,
+                            weight_decay: Any, decoupled: bool) -> None:
+        members = params.shape[0]
+        lr, weight_decay = (np.broadcast_to(np.asarray(x, np.float64), (members,)) for x in (lr, weight_decay))
+        skip = self._all_members(members) if skip is None else skip
+        rates = self._member_table("adam_lr", [list(lr)], np.float64).reshape(members)
+        hyper = self._member_table("adam_hyper", [list(weight_decay), list(1.0 - lr * weight_decay)], params.dtype)
+        factors = self.scratch("adam_member_factors", (members, 2), params.dtype)
+        self.ops.adam_prepare_members(steps, skip, rates, factors, beta1=beta1, beta2=beta2)
+        self.ops.adam_step_members(params, grads, m, v, factors, skip, hyper, beta1=beta1, beta2=beta2, eps=eps,
+                                   decoupled=decoupled)

@@ -23,6 +23,7 @@ Conventions of every operation:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeAlias
 
 import numpy as np
@@ -113,9 +114,10 @@ class BackendSpec(Protocol):
 
     # --- loss and backward: BP1–BP4
     def loss_value_and_delta(self, loss: Loss, z: Array, a: Array, y: Array, delta: Array, tmp: Array,
-                             rows: Array, weight: Array | None = None) -> Array:
+                             rows: Array, weight: Array | None = None, members: int = 1) -> Array:
         """The loss (0-d array); overwrites ``delta`` with ∂L/∂A[L] or the fused δ[L] (BP1). Idempotent.
-        ``weight``: None, or ``(N, 1)`` row weights scaled to mean 1: the weighted mean loss."""
+        ``weight``: None, or ``(N, 1)`` row weights scaled to mean 1: the weighted mean loss.
+        ``members`` > 1: the rows are that many networks' batches stacked; each member's mean, ``(K,)``."""
 
     def activation_backward(self, activation: Activation, delta: Array, z: Array, a: Array, tmp: Array,
                             tmp2: Array) -> None:
@@ -136,3 +138,17 @@ class BackendSpec(Protocol):
                     *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                     decoupled: bool) -> None:
         """One Adam/AdamW step over the flat buffer, counted in ``steps``; nothing when ``skip[0]`` is set."""
+
+    # --- the same for an ensemble: K members, one row of a (K, P) buffer each
+    def nonfinite_flags(self, values: Array, losses: Array, flags: Array) -> None:
+        """``flags[k] = 1`` where member k's loss or any of ``values[k]`` is NaN/Inf, else 0."""
+
+    def sgd_update_members(self, params: Array, grads: Array, velocity: Array | None, steps: Array,
+                           skip: Array | None, *, lr: Sequence[float], momentum: Sequence[float], nesterov: bool,
+                           weight_decay: Sequence[float]) -> None:
+        """One SGD step of every member whose ``skip[k]`` is 0, with its own hyperparameters."""
+
+    def adam_update_members(self, params: Array, grads: Array, m: Array, v: Array, steps: Array,
+                            skip: Array | None, *, lr: Sequence[float], beta1: float, beta2: float, eps: float,
+                            weight_decay: Sequence[float], decoupled: bool) -> None:
+        """One Adam/AdamW step of every member whose ``skip[k]`` is 0, with its own rate and decay."""
