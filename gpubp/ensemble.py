@@ -250,9 +250,10 @@ class Ensemble:
         last = self.n_layers
         stacked = ws.stacked
         weight = None if ws.weight is None else stacked(ws.weight)
-        return self.backend.loss_value_and_delta(self.loss, stacked(ws.output_z(last)), stacked(ws.a[last]),
-                                                 stacked(ws.y), stacked(ws.delta[last]), stacked(ws.tmp[last]),
-                                                 ws.rows, weight, members=self.n_members)
+        losses = self.backend.loss_value_and_delta(self.loss, stacked(ws.output_z(last)), stacked(ws.a[last]),
+                                                   stacked(ws.y), stacked(ws.delta[last]), stacked(ws.tmp[last]),
+                                                   ws.rows, weight, members=self.n_members)
+        return losses.reshape(self.n_members)  # (an ensemble of one: the network's 0-d loss, as (1,))
 
     def backpropagate(self, ws: Workspace) -> None:
         """Backward pass of every member, BP1–BP4, overwriting :attr:`grads` (batched GEMMs for BP2 and BP4)."""
