@@ -374,3 +374,28 @@ def test_float32_members_track_float32_networks(backend, rng):
         net = gpubp.MLP([5, 8, 3], activation="relu", loss="cross_entropy", backend=backend, seed=k + 1)
         net.fit(X, Y, epochs=2, batch_size=16, optimizer=optim.Adam(lr=lr), seed=0, progress=False)
         np.testing.assert_allclose(backend.to_host(ensemble.params[k]), backend.to_host(net.params), atol=2e-5)
+
+
+def test_numpy_splits_a_batched_gemm_over_its_threads_with_blas_single_threaded(rng):
+    """The split product equals NumPy's stacked one, and BLAS's thread count is put back after it."""
+    from gpubp.backends.blas import BLAS
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    backend = NumpyBackend(threads=2)
+    a = rng.normal(size=(8, 256, 64))
+    shared = rng.normal(size=(256, 64))
+    w = rng.normal(size=(8, 64, 80))
+    for left, expected in ((a, np.matmul(a, w)), (shared, np.matmul(shared, w))):
+        out = np.empty((8, 256, 80))
+        backend.matmul(left, w, out=out)
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+    transposed = np.empty((8, 64, 80))
+    backend.matmul(shared.T, rng.normal(size=(8, 256, 80)), out=transposed)
+    if BLAS.available:
+        get, _ = BLAS._lookup()
+        before = get()
+        with BLAS.single():
+            with BLAS.single():
+                assert get() == 1
+            assert get() == 1
+        assert get() == before
