@@ -318,7 +318,7 @@ class Ensemble:
         ``(K,)`` backend array (no host synchronisation). ``optimizer`` may hold one learning rate, weight
         decay or momentum per member. Like :meth:`MLP.train_step`, a single step has no divergence guard."""
         optimizer = inputs.check_optimizer(optimizer, self.n_members)
-        with self.backend.activate():
+        with self.backend.activate(), self.backend.members_scope():
             loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             optimizer.update(self.backend, self.params, self.grads)
         return loss
@@ -326,7 +326,7 @@ class Ensemble:
     def forward(self, X: Any, batch_size: int | None = None) -> Array:
         """Every member's output for ``X``, ``(K, n, outputs)``, as a backend array."""
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
-        with self.backend.activate(), inputs.quiet_overflow():
+        with self.backend.activate(), self.backend.members_scope(), inputs.quiet_overflow():
             X = self.check_x(X)
             n = X.shape[0]
             out = self.backend.empty((self.n_members, n, self.sizes[-1]), self.dtype)
@@ -366,7 +366,7 @@ class Ensemble:
         """:meth:`evaluate` on checked inputs; the metrics of the mean prediction only with ``mean``."""
         be, xp, n = self.backend, self.backend.xp, X.shape[0]
         sums: dict[str, Any] = {}
-        with be.activate(), inputs.quiet_overflow():
+        with be.activate(), be.members_scope(), inputs.quiet_overflow():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 ws = self._fill(X, is_labels, Y, weight, start, stop)
@@ -422,7 +422,7 @@ class Ensemble:
         config = build()
         if not isinstance(bootstrap, bool):
             raise GpubpTypeError(f"bootstrap must be True or False, got {bootstrap!r}")
-        with self.backend.activate():
+        with self.backend.activate(), self.backend.members_scope():
             return ensemble_training.fit(self, X, Y, config, validation_data, sample_weight, bootstrap)
 
 
