@@ -18,15 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from . import benchmark, data, datasets, distributed, inputs, onnx, optim, selftest
+from . import benchmark, data, datasets, distributed, inputs, onnx, optim, selftest, sweep
 from ._version import __version__
 from .activations import ACTIVATIONS
 from .backends import _kernels, available_backends, cupy_status, get_backend
+from .benchmark import members
+from .ensemble import Ensemble
 from .errors import GpubpError, GpubpValueError, OptionalDependencyError
-from .history import History
+from .history import EnsembleHistory, History
 from .io import load
 from .mlp import MLP
-from .plot import plot_history
+from .plot import plot_history, plot_members
 from .serialization import check_output_path, read_metadata
 
 
@@ -120,6 +122,17 @@ def _parse_widths(text: str) -> list[int]:
     return widths
 
 
+def _parse_rates(text: str) -> list[float]:
+    """``--lr``: one learning rate, or a comma-separated list of them (a sweep: one per group of members)."""
+    try:
+        rates = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a learning rate or a list like 1e-3,3e-3, got {text!r}") from None
+    if not all(0 < rate < float("inf") for rate in rates):
+        raise argparse.ArgumentTypeError(f"learning rates must be finite numbers > 0, got {text!r}")
+    return rates
+
+
 def _load_task(args: argparse.Namespace) -> dict:
     """The data of a run: the training (and, for real data, test) set, the loss, defaults."""
     test = None
@@ -141,7 +154,7 @@ def _load_task(args: argparse.Namespace) -> dict:
     return task
 
 
-def _optimizer(args: argparse.Namespace, lr: float) -> optim.Optimizer:
+def _optimizer(args: argparse.Namespace, lr: float | list[float]) -> optim.Optimizer:
     if args.optimizer == "sgd":
         momentum = 0.9 if args.momentum is None else args.momentum
         return optim.SGD(lr, momentum=momentum, weight_decay=args.weight_decay or 0.0)
@@ -196,14 +209,37 @@ def _check_train_options(args: argparse.Namespace) -> None:
         raise GpubpValueError("--early-stopping watches the validation loss; it needs --validation > 0")
     if args.resume and not args.checkpoint:
         raise GpubpValueError("--resume needs --checkpoint PATH, the file to resume from")
-    for option, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
-        if value is not None and not (value >= 0 and value < float("inf")):
-            raise GpubpValueError(f"{option} must be a finite number >= 0, got {value}")
+    if args.weight_decay is not None and not (args.weight_decay >= 0 and args.weight_decay < float("inf")):
+        raise GpubpValueError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    _check_members(args)
     for option, path, suffix in (("--save", args.save, ".npz"), ("--history", args.history, ".json"),
-                                 ("--plot", args.plot, ".png"), ("--checkpoint", args.checkpoint, ".npz")):
+                                 ("--plot", args.plot, ".png"), ("--checkpoint", args.checkpoint, ".npz"),
+                                 ("--save-best", args.save_best, ".npz")):
         check_output(option, path, suffix)
     if args.plot:
         _needs_matplotlib("--plot")
+
+
+def members_of(args: argparse.Namespace) -> int:
+    """How many networks ``gpubp train`` trains: ``--members``, or one per rate of a ``--lr`` list."""
+    return args.members if args.members is not None else len(args.lr or [0.0])
+
+
+def _check_members(args: argparse.Namespace) -> None:
+    """The ensemble options: ``--members`` a multiple of the ``--lr`` list, nothing that needs one network."""
+    if args.members is not None and args.members < 1:
+        raise GpubpValueError(f"--members must be >= 1, got {args.members}")
+    members = members_of(args)
+    if args.lr is not None and members % len(args.lr):
+        raise GpubpValueError(f"--members {members} cannot share the {len(args.lr)} rates of --lr evenly: give a "
+                              f"multiple of {len(args.lr)} members")
+    if members > 1 and args.distributed:
+        raise GpubpValueError("--members trains an ensemble in one process; --distributed is for one network")
+    if args.on_nonfinite == "freeze_member" and members == 1:
+        raise GpubpValueError("--on-nonfinite freeze_member is for an ensemble (--members > 1, or a --lr list)")
+    if args.save_best and members == 1:
+        raise GpubpValueError("--save-best saves the best member of an ensemble (--members > 1, or a --lr list); "
+                              "with one network use --save")
 
 
 def _plural(n: int, word: str) -> str:
@@ -224,11 +260,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run_training(args: argparse.Namespace, comm: distributed.Communicator | None) -> int:
     task = _load_task(args)
+    if members_of(args) > 1:
+        return _run_ensemble(args, task)
     X, y = task["train"]
     hidden = args.hidden if args.hidden is not None else task["hidden"]
     net = MLP([X.shape[1], *hidden, task["outputs"]], activation=args.activation, loss=task["loss"],
               backend=args.backend, dtype=args.dtype, seed=args.seed, matmul_precision=args.matmul_precision)
-    optimizer = _optimizer(args, args.lr if args.lr is not None else task["lr"])
+    optimizer = _optimizer(args, args.lr[0] if args.lr is not None else task["lr"])
     n_val = inputs.validation_size(len(X), args.validation) if args.validation else 0
     n_test = 0 if task["test"] is None else len(task["test"][0])
     print(f"gpubp {__version__}: {net}" + (f"; data-parallel over {comm.size} ranks ({comm.kind})" if comm else ""))
@@ -249,6 +287,70 @@ def _run_training(args: argparse.Namespace, comm: distributed.Communicator | Non
         _write_outputs(args, net, history, summary, f"{task['name'].split(' from ')[0]}: {net.sizes}, "
                        f"{args.activation}, {optimizer}")
     return 0
+
+
+def _run_ensemble(args: argparse.Namespace, task: dict) -> int:
+    """``gpubp train --members K [--lr a,b,…]``: K networks trained together; their table, ranked."""
+    X, y = task["train"]
+    members = members_of(args)
+    hidden = args.hidden if args.hidden is not None else task["hidden"]
+    rates = sweep.member_rates(args.lr if args.lr is not None else [task["lr"]], members)
+    ensemble = Ensemble([X.shape[1], *hidden, task["outputs"]], members, activation=args.activation,
+                        loss=task["loss"], backend=args.backend, dtype=args.dtype, seeds=args.seed,
+                        matmul_precision=args.matmul_precision)
+    optimizer = _optimizer(args, rates)
+    n_val = inputs.validation_size(len(X), args.validation) if args.validation else 0
+    print(f"gpubp {__version__}: {ensemble}")
+    print(f"backend: {ensemble.backend.name} on {ensemble.backend.device_name()}; data: {task['name']}: "
+          f"{len(X) - n_val} training, {n_val} validation samples; every member sees the same batches")
+    print(f"optimizer: {type(optimizer).__name__}, learning rates {sorted(set(rates))} "
+          f"({members // len(set(rates))} members each); batch size {args.batch_size}; "
+          f"{_plural(args.epochs, 'epoch')}"
+          + (f", early stopping per member after {_plural(args.early_stopping, 'epoch')}" if args.early_stopping
+             else ""))
+    started = time.perf_counter()
+    history = ensemble.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
+                           validation_split=args.validation, progress="lines" if args.no_progress else True,
+                           seed=args.seed, lr_schedule=args.lr_schedule, early_stopping=args.early_stopping or None,
+                           on_nonfinite=args.on_nonfinite, checkpoint=args.checkpoint, resume=args.resume)
+    wall = time.perf_counter() - started
+    rows = sweep.results(history, rates, ensemble.seeds, restored=bool(args.early_stopping))
+    if task["test"] is not None:
+        test = ensemble.evaluate(*task["test"])
+        for row in rows:
+            row.update({f"test_{key}": test[key][row["member"]] for key in ("loss", "accuracy") if key in test})
+    key = "val_loss" if args.validation else "loss"
+    rows = sweep.ranked(rows, key)
+    columns = ["member", "lr", "seed", "epochs", "best_epoch"] + [c for c in (
+        "loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy") if c in rows[0]] + ["note"]
+    print(f"members ranked by {key} (the metrics of the weights each ended with):")
+    print(sweep.table(rows, columns))
+    summary: dict[str, Any] = {"members": members, "wall_s": wall,
+                               "member_samples_per_s": float(np.nansum(history["samples_per_s"]) / len(history))}
+    if task["test"] is not None:
+        summary.update({k: v for k, v in test.items() if k.startswith("ensemble_")})
+        print("the ensemble's mean prediction on the test set: " + ", ".join(
+            f"{k.removeprefix('ensemble_')} {v:.4g}" for k, v in summary.items() if k.startswith("ensemble_")))
+    _write_members(args, ensemble, history, rows, summary, rates)
+    return 0
+
+
+def _write_members(args: argparse.Namespace, ensemble: Ensemble, history: EnsembleHistory,
+                   rows: list[dict[str, Any]], summary: dict[str, Any], rates: list[float]) -> None:
+    if args.save:
+        ensemble.save(args.save)
+        print(f"ensemble saved to {args.save}")
+    if args.save_best:
+        best = rows[0]["member"]
+        ensemble.member(best).save(args.save_best)
+        print(f"best member ({best}, lr {rates[best]:g}) saved to {args.save_best} as a gpubp.MLP")
+    if args.history:
+        with open(args.history, "w", encoding="utf-8") as handle:
+            json.dump({**history.as_dict(), "ranking": rows, "summary": summary}, handle, indent=1, default=float)
+        print(f"history written to {args.history}")
+    if args.plot:
+        labels = [f"lr {rate:g}" for rate in rates]
+        print(f"learning curves written to {plot_members(history, args.plot, labels=labels)}")
 
 
 def _summary(args: argparse.Namespace, net: MLP, history: History, task: dict, n_train: int,
@@ -294,9 +396,11 @@ def _bench(args: argparse.Namespace) -> int:
         _needs_matplotlib("--plot")
     names = available_backends() if args.backend == "all" else [args.backend]
     backends = [get_backend(name) for name in names]
-    configs = benchmark.sweep(args.quick, args.widths, args.depths, args.batches)
     repeats = args.repeats or (3 if args.quick else 7)
     command = "gpubp bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gpubp bench"
+    if args.members is not None:
+        return _bench_members(args, backends, repeats, command.strip())
+    configs = benchmark.sweep(args.quick, args.widths, args.depths, args.batches)
     report = benchmark.run(backends, configs, dtype=args.dtype, repeats=repeats,
                            max_step_s=args.max_step_s or 2.0, with_torch=not args.no_torch,
                            command=command.strip(), quick=args.quick, log=lambda line: print(line, flush=True),
@@ -311,6 +415,26 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"markdown written to {args.markdown}")
     if args.plot:
         print(f"plot written to {benchmark.plot(report, args.plot)}")
+    return 0
+
+
+def _bench_members(args: argparse.Namespace, backends: list[Any], repeats: int, command: str) -> int:
+    """``gpubp bench --members 1,8,64``: ensembles against separate networks (see gpubp.benchmark.members)."""
+    if args.plot:
+        raise GpubpValueError("--plot draws the sweep's curves; with --members use --json or --markdown")
+    networks = members.NETWORKS
+    if args.batches:  # the default networks at other batch sizes
+        networks = tuple((sizes, batch) for sizes, _ in members.NETWORKS for batch in args.batches)
+    report = members.run(backends, args.members, networks, args.dtype, repeats,
+                         log=lambda line: print(line, flush=True), command=command)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+        print(f"JSON written to {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as handle:
+            handle.write(members.markdown(report))
+        print(f"markdown written to {args.markdown}")
     return 0
 
 
@@ -389,8 +513,13 @@ def _add_train(commands: Any) -> None:
                        help="hidden widths; default: 256,128 for fashion-mnist, 64,64 otherwise")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="default: %(default)s")
     train.add_argument("--optimizer", choices=sorted(optim.OPTIMIZERS), default="adam", help="default: %(default)s")
-    train.add_argument("--lr", type=float, default=None,
-                       help="learning rate; default: 0.001 for fashion-mnist, 0.01 otherwise")
+    train.add_argument("--lr", type=_parse_rates, default=None,
+                       help="learning rate, or a comma-separated list of them for a sweep (an ensemble, one group "
+                       "of members per rate); default: 0.001 for fashion-mnist, 0.01 otherwise")
+    train.add_argument("--members", type=int, default=None, metavar="K",
+                       help="train K networks of the same shape together (an ensemble: one batched step for all; "
+                       "member seeds derived from --seed), K a multiple of the --lr list; the members are printed "
+                       "ranked by validation loss; default: one per --lr rate")
     train.add_argument("--lr-schedule", choices=["constant", "step", "cosine"], default="constant",
                        help="per-epoch learning rate: constant, step (x0.1 every third of the run), cosine; "
                        "default: %(default)s")
@@ -413,12 +542,15 @@ def _add_train(commands: Any) -> None:
                        "progress) after every epoch, atomically")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --checkpoint if it "
                        "exists (with the same options; --epochs is the total)")
-    train.add_argument("--on-nonfinite", choices=["raise", "skip_step"], default="raise",
-                       help="NaN/Inf in a step: stop with the step and layer named, or skip the step; "
-                       "default: %(default)s")
-    train.add_argument("--save", metavar="PATH", help="save the trained network (.npz)")
+    train.add_argument("--on-nonfinite", choices=["raise", "skip_step", "freeze_member"], default="raise",
+                       help="NaN/Inf in a step: stop with the step and layer named, skip the step, or (an "
+                       "ensemble) freeze the member that diverged and train the others on; default: %(default)s")
+    train.add_argument("--save", metavar="PATH", help="save the trained network, or the ensemble (.npz)")
+    train.add_argument("--save-best", metavar="PATH",
+                       help="with --members: save the best-ranked member as a standalone network (.npz)")
     train.add_argument("--history", metavar="PATH", help="write the per-epoch history and the summary as JSON")
-    train.add_argument("--plot", metavar="PATH", help="write the learning curves as a PNG (needs matplotlib)")
+    train.add_argument("--plot", metavar="PATH", help="write the learning curves (every member's, for an "
+                       "ensemble) as a PNG (needs matplotlib)")
     train.add_argument("--no-progress", action="store_true",
                        help="no progress bar; one line per epoch on stdout instead, as each ends")
     train.add_argument("--distributed", action="store_true",
@@ -452,6 +584,9 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--json", metavar="PATH", help="write the report as JSON (schema in gpubp.benchmark)")
     bench.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG: step/GEMM and GPU speedup against width")
+    bench.add_argument("--members", type=_parse_widths, default=None, metavar="K,…",
+                       help="instead of the sweep: ensembles of K networks ([64,64,64,10] at batch 256, "
+                       "[784,256,10] at batch 128) against K separate networks' steps, in members × samples/s")
     bench.set_defaults(run=_bench)
 
 

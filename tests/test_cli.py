@@ -151,12 +151,18 @@ def test_every_output_path_is_checked_before_training(tmp_path, capsys, option, 
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--classes", "1"], "--classes must be >= 2"),
-    (["--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["--lr", "-1"], "argument --lr: learning rates must be finite numbers > 0"),
     (["--early-stopping", "-1"], r"--early-stopping must be >= 0 \(0: off\), got -1"),
     (["--optimizer", "sgd", "--momentum", "nan"], r"--momentum must be in \[0, 1\), got nan"),
     (["--momentum", "0.5"], "--momentum is SGD's; --optimizer adam has none"),
     (["--hidden", "32,,32"], "expected comma-separated integers"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--lr", "1e-3,x"], "expected a learning rate or a list"),
+    (["--members", "5", "--lr", "1e-3,1e-2"], "--members 5 cannot share the 2 rates of --lr evenly"),
+    (["--members", "0"], "--members must be >= 1"),
+    (["--on-nonfinite", "freeze_member"], "freeze_member is for an ensemble"),
+    (["--save-best", "best.npz"], "--save-best saves the best member of an ensemble"),
+    (["--members", "2", "--distributed"], "--distributed is for one network"),
 ])
 def test_bad_options_fail_before_anything_is_built(argv, message, capsys):
     try:
@@ -193,3 +199,46 @@ def test_a_resumed_run_says_so_and_marks_the_earlier_epochs(tmp_path, capsys, mo
 def test_one_epoch_is_singular(capsys):
     assert main(["train", "--epochs", "1", "--samples", "200", "--backend", "numpy", "--no-progress"]) == 0
     assert "; 1 epoch\n" in capsys.readouterr().out
+
+
+def test_train_members_sweep_prints_a_ranked_table_and_saves(tmp_path, capsys):
+    """--members with a --lr list: one ensemble; its members ranked by validation loss; the best saved."""
+    argv = ["train", "--samples", "1500", "--epochs", "3", "--backend", "numpy", "--no-progress", "--members", "4",
+            "--lr", "1e-3,1e-2", "--save", str(tmp_path / "ensemble.npz"), "--save-best", str(tmp_path / "best.npz"),
+            "--history", str(tmp_path / "history.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Ensemble(n_members=4" in out and "learning rates [0.001, 0.01] (2 members each)" in out
+    table = out[out.index("members ranked by val_loss"):].splitlines()[1:6]
+    assert table[0].split()[:3] == ["rank", "member", "lr"]
+    losses = [float(line.split()[8]) for line in table[1:]]
+    assert losses == sorted(losses)  # best first
+    rates = {line.split()[1]: float(line.split()[2]) for line in table[1:]}
+    assert rates == {"0": 1e-3, "1": 1e-3, "2": 1e-2, "3": 1e-2}
+    ensemble = gpubp.load(tmp_path / "ensemble.npz", backend="numpy")
+    best = gpubp.load(tmp_path / "best.npz", backend="numpy")
+    member = int(table[1].split()[1])
+    np.testing.assert_array_equal(best.params, ensemble.params[member])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert np.array(history["val_loss"]).shape == (3, 4) and history["ranking"][0]["member"] == member
+
+
+def test_train_members_without_a_list_repeats_the_rate_over_seeds(capsys):
+    assert main(["train", "--samples", "600", "--epochs", "1", "--backend", "numpy", "--no-progress",
+                 "--members", "3", "--lr", "0.01", "--early-stopping", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "learning rates [0.01] (3 members each)" in out and "early stopping per member" in out
+
+
+def test_bench_members_reports_members_times_samples_per_second(tmp_path, capsys):
+    assert main(["bench", "--backend", "numpy", "--members", "1,2", "--batches", "16", "--repeats", "1",
+                 "--json", str(tmp_path / "members.json"), "--markdown", str(tmp_path / "members.md")]) == 0
+    out = capsys.readouterr().out
+    assert "members × samples/s" in out
+    report = json.loads((tmp_path / "members.json").read_text())
+    assert report["schema"] == "gpubp.bench.members"
+    assert [(row["sizes"], row["batch"], row["members"]) for row in report["rows"]] == [
+        ([64, 64, 64, 10], 16, 1), ([64, 64, 64, 10], 16, 2), ([784, 256, 10], 16, 1), ([784, 256, 10], 16, 2)]
+    for row in report["rows"]:
+        assert row["member_samples_per_s"] == pytest.approx(row["members"] * 16 / (row["ensemble_ms"] / 1e3))
+    assert "| numpy | [784,256,10] | 16 | 2 |" in (tmp_path / "members.md").read_text()

@@ -399,3 +399,17 @@ def test_numpy_splits_a_batched_gemm_over_its_threads_with_blas_single_threaded(
                 assert get() == 1
             assert get() == 1
         assert get() == before
+
+
+def test_plot_members_draws_every_member(tmp_path, rng):
+    pytest.importorskip("matplotlib")
+    from gpubp.plot import plot_members
+
+    X, Y = _data("cross_entropy", rng, n=40)
+    ensemble = gpubp.Ensemble([5, 4, 3], 4, loss="cross_entropy", backend="numpy", seeds=[1, 2, 3, 4])
+    history = ensemble.fit(X, Y, epochs=2, batch_size=16, progress=False, validation_split=0.25, seed=0)
+    path = plot_members(history, tmp_path / "members.png", labels=["a", "a", "b", "b"])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(GpubpValueError, match="labels must name each of the 4 members"):
+        plot_members(history, tmp_path / "other.png", labels=["a"])
+    assert not (tmp_path / "other.png").exists()
