@@ -22,7 +22,7 @@ if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # plot imports matplotlib only when a plot is drawn, so it stays an optional extra
-from . import data, datasets, optim, plot, schedules  # noqa: E402  (after the OpenBLAS setting above)
+from . import data, datasets, optim, plot, schedules, sweep  # noqa: E402  (after the OpenBLAS setting above)
 from ._version import __version__  # noqa: E402
 from .activations import ACTIVATIONS
 from .backends import available_backends, cupy_status, get_backend
@@ -56,4 +56,5 @@ __all__ = [
     "optim",
     "plot",
     "schedules",
+    "sweep",
 ]
