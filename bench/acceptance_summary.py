@@ -3,7 +3,7 @@
     python bench/acceptance_summary.py OUTDIR SECONDS DRY_RUN > OUTDIR/summary.md
 
 Reads what the steps left in OUTDIR (status.tsv, selftest.json, gpu_tests.xml, kernels.json,
-bench.json, bench_tf32.json, fashion_mnist.json, sklearn.json, distributed.json, info.txt); whatever is
+bench.json, bench_tf32.json, fashion_mnist.json, sklearn.json, distributed.json, ensemble.json, info.txt); whatever is
 missing is said to be missing.
 """
 
@@ -122,6 +122,20 @@ def distributed_step(out: Path) -> list[str]:
     return lines
 
 
+def ensemble_step(out: Path) -> list[str]:
+    report = _json(out / "ensemble.json")
+    if report is None:
+        return ["ensemble step: not run or no report."]
+    lines = ["ensemble step (bench/ensemble_step.py; the issue's GPU target: 50× at K = 128):", "",
+             "| backend | network | batch | K | ensemble step ms | K fit steps ms | speedup | members × samples/s | "
+             "train_step speedup |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["rows"]:
+        lines.append(f"| {row['backend']} | {row['sizes']} | {row['batch']} | {row['members']} | "
+                     f"{row['ensemble_ms']:.3f} | {row['separate_ms']:.3f} | {row['speedup']:.1f}× | "
+                     f"{row['member_samples_per_s']:.0f} | {row['train_step_speedup']:.1f}× |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     out, seconds, dry = Path(argv[1]), int(argv[2]), argv[3] == "1"
     info = (out / "info.txt").read_text(encoding="utf-8") if (out / "info.txt").exists() else ""
@@ -133,7 +147,7 @@ def main(argv: list[str]) -> int:
         ("gpubp bench", lambda: bench(out, "bench.json", "gpubp bench, CPU and GPU")),
         ("gpubp bench, TF32", lambda: bench(out, "bench_tf32.json", "gpubp bench, TF32")),
         ("Fashion-MNIST", lambda: fashion(out)), ("scikit-learn", lambda: sklearn_comparison(out)),
-        ("distributed", lambda: distributed_step(out))]
+        ("distributed", lambda: distributed_step(out)), ("ensemble", lambda: ensemble_step(out))]
     for name, part in parts:
         try:  # one unexpected file must not cost the rest of the page
             lines += [*part(), ""]

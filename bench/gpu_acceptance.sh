@@ -17,6 +17,8 @@
 #      (Fashion-MNIST when present, and digits; float32, one seed) -> sklearn.txt, sklearn.json
 #   9. bench/distributed_step.py on the GPU: the step fit(distributed=…) runs, 1 rank and 2 ranks sharing the
 #      GPU over MPI, with the allreduce's share   -> distributed.txt, distributed.json
+#  10. bench/ensemble_step.py on the GPU: ensembles of K = 1, 8, 32, 128 networks against K separate networks'
+#      steps (the 50× target at K = 128)          -> ensemble.txt, ensemble.json, ensemble.md
 # then summary.md: every step's status and time, and the figures that matter. Each step has its own time
 # limit; a failing or timed-out step is recorded and the next one runs. The exit code is 0 only when every
 # step passed.
@@ -68,6 +70,7 @@ if [ "$DRY" = "1" ]; then
     EPOCHS=1
     SKLEARN=(--datasets digits --seeds 1 --dtypes float32 --epochs 2)
     DISTRIBUTED=(--backend numpy --sizes 64,64,10 --batch 256 --steps 3)
+    ENSEMBLE=(--backend numpy --members 1,2 --repeats 1)
 else
     BACKEND=cupy
     export GPUBP_REQUIRE_GPU=1
@@ -79,6 +82,7 @@ else
     EPOCHS=30
     SKLEARN=(--seeds 1 --dtypes float32)
     DISTRIBUTED=(--backend cupy --steps 50 --overlap)
+    ENSEMBLE=(--backend cupy --members 1,8,32,128 --repeats 3)
 fi
 
 step "gpubp info" 15 info.txt "$PY" -m gpubp.cli info
@@ -86,7 +90,7 @@ step "gpubp selftest" 50 selftest.txt "$PY" -m gpubp.cli selftest "${SELFTEST_AR
 step "GPU tests" 140 gpu_tests.txt "$PY" -m pytest -p no:cacheprovider "${PYTEST_ARGS[@]}" \
     --junitxml "$OUT/gpu_tests.xml"
 step "kernel benchmark" 35 kernels.txt "${KERNELS[@]}"
-step "gpubp bench (CPU and GPU)" 120 bench.txt "$PY" -m gpubp.cli bench --backend all "${SWEEP[@]}" \
+step "gpubp bench (CPU and GPU)" 95 bench.txt "$PY" -m gpubp.cli bench --backend all "${SWEEP[@]}" \
     --json "$OUT/bench.json" --markdown "$OUT/bench.md" --plot "$OUT/bench.png"
 step "gpubp bench, TF32" 30 bench_tf32.txt "$PY" -m gpubp.cli bench --backend "$BACKEND" \
     --matmul-precision tf32 "${TF32_SWEEP[@]}" --json "$OUT/bench_tf32.json" --markdown "$OUT/bench_tf32.md"
@@ -103,6 +107,8 @@ step "scikit-learn comparison" 30 sklearn.txt "$PY" bench/sklearn_compare.py --b
     "${SKLEARN[@]}" --json "$OUT/sklearn.json"
 step "distributed step" 30 distributed.txt "$PY" bench/distributed_step.py "${DISTRIBUTED[@]}" \
     --json "$OUT/distributed.json"
+step "ensemble step" 25 ensemble.txt "$PY" bench/ensemble_step.py "${ENSEMBLE[@]}" --json "$OUT/ensemble.json" \
+    --markdown "$OUT/ensemble.md"
 
 "$PY" bench/acceptance_summary.py "$OUT" "$(( $(date +%s) - STARTED ))" "$DRY" > "$OUT/summary.md"
 cat "$OUT/summary.md"

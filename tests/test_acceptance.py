@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["gpubp info", "gpubp selftest", "GPU tests", "kernel benchmark", "gpubp bench (CPU and GPU)",
-         "gpubp bench, TF32", "Fashion-MNIST recipe", "scikit-learn comparison", "distributed step"]
+         "gpubp bench, TF32", "Fashion-MNIST recipe", "scikit-learn comparison", "distributed step", "ensemble step"]
 
 
 @pytest.mark.slow
