@@ -38,6 +38,7 @@ from .backends import Array, Backend, HostArray
 from .backends._kernels import MAX_MEMBERS
 from .errors import GpubpTypeError, GpubpValueError
 from .history import EnsembleHistory
+from .losses import LOSSES, Loss
 from .mlp import MLP, PREDICT_BATCH, initial_parameters
 from .optim import Optimizer
 from .workspace import Workspace, WorkspaceCache
@@ -57,8 +58,8 @@ def member_seeds(seeds: Any, members: int) -> list[int]:
     if len(seeds) != members:
         raise GpubpValueError(f"seeds must hold one seed per member ({members}), got {len(seeds)}")
     for k, seed in enumerate(seeds):
-        if seed is None:
-            raise GpubpTypeError(f"seeds[{k}] must be an int, got None")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise GpubpTypeError(f"seeds[{k}] must be an int, got {type(seed).__name__} {seed!r}")
         check.seed(f"seeds[{k}]", seed)
     return [int(seed) for seed in seeds]
 
@@ -72,7 +73,7 @@ class Ensemble:
     """
 
     def __init__(self, sizes: Sequence[int], n_members: int, activation: str | Sequence[str] = "sigmoid",
-                 output_activation: str | None = None, loss: str = "mse", backend: str | Backend = "auto",
+                 output_activation: str | None = None, loss: str | Loss = "mse", backend: str | Backend = "auto",
                  dtype: str = "float32", seeds: Any = None, init: str = "auto", matmul_precision: str = "highest"):
         self.n_members = check.positive_int("n_members", n_members)
         if self.n_members > MAX_MEMBERS:
@@ -144,7 +145,7 @@ class Ensemble:
         """Member ``k`` as a standalone :class:`gpubp.MLP` (a copy of its weights, on the same backend)."""
         k = self._member_index(k)
         net = MLP(self.sizes, activation=self.activations, output_activation=self.output_activation,
-                  loss=self.loss.name, backend=self.backend, dtype=self.dtype.name, seed=0, init=self.init,
+                  loss=self.loss, backend=self.backend, dtype=self.dtype.name, seed=0, init=self.init,
                   matmul_precision=self.matmul_precision)
         with self.backend.activate():
             self.backend.copy_into(net.params, self.params[k])
@@ -165,7 +166,7 @@ class Ensemble:
                 raise GpubpValueError(f"nets[{i}] is on backend {net.backend!r}, nets[0] on {nets[0].backend!r}")
         first = nets[0]
         ensemble = cls(first.sizes, len(nets), activation=first.activations, output_activation=first.output_activation,
-                       loss=first.loss.name, backend=first.backend, dtype=first.dtype.name, seeds=0,
+                       loss=first.loss, backend=first.backend, dtype=first.dtype.name, seeds=0,
                        init=first.init, matmul_precision=first.matmul_precision)
         with ensemble.backend.activate():
             for k, net in enumerate(nets):
@@ -318,7 +319,7 @@ class Ensemble:
         ``(K,)`` backend array (no host synchronisation). ``optimizer`` may hold one learning rate, weight
         decay or momentum per member. Like :meth:`MLP.train_step`, a single step has no divergence guard."""
         optimizer = inputs.check_optimizer(optimizer, self.n_members)
-        with self.backend.activate(), self.backend.members_scope():
+        with self.backend.activate():
             loss = self.compute_gradients(self.load_batch(X, Y, sample_weight))
             optimizer.update(self.backend, self.params, self.grads)
         return loss
@@ -326,7 +327,7 @@ class Ensemble:
     def forward(self, X: Any, batch_size: int | None = None) -> Array:
         """Every member's output for ``X``, ``(K, n, outputs)``, as a backend array."""
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
-        with self.backend.activate(), self.backend.members_scope(), inputs.quiet_overflow():
+        with self.backend.activate(), inputs.quiet_overflow():
             X = self.check_x(X)
             n = X.shape[0]
             out = self.backend.empty((self.n_members, n, self.sizes[-1]), self.dtype)
@@ -353,7 +354,8 @@ class Ensemble:
                  sample_weight: Any = None) -> dict[str, Any]:
         """Each member's ``"loss"`` (and ``"accuracy"`` for cross_entropy/bce) as ``(K,)`` NumPy arrays, and
         ``"ensemble_loss"`` (``"ensemble_accuracy"``) of the mean prediction — for a classifier, the loss of the
-        averaged probabilities, what a deep ensemble is judged by."""
+        averaged probabilities, what a deep ensemble is judged by (for gpubp's own losses; a loss built by the
+        user has no ensemble metrics)."""
         batch_size = check.positive_int("batch_size", batch_size) if batch_size is not None else PREDICT_BATCH
         with self.backend.activate():
             X = self.check_x(X)
@@ -366,7 +368,7 @@ class Ensemble:
         """:meth:`evaluate` on checked inputs; the metrics of the mean prediction only with ``mean``."""
         be, xp, n = self.backend, self.backend.xp, X.shape[0]
         sums: dict[str, Any] = {}
-        with be.activate(), be.members_scope(), inputs.quiet_overflow():
+        with be.activate(), inputs.quiet_overflow():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 ws = self._fill(X, is_labels, Y, weight, start, stop)
@@ -375,7 +377,7 @@ class Ensemble:
                 parts = {"loss": self.compute_loss(ws) * size, "size": size}
                 if self.loss.classification:
                     parts["correct"] = self.count_correct(ws)
-                if mean:
+                if mean and LOSSES.get(self.loss.name) is self.loss:  # (a loss of the user's own: no formula here)
                     parts.update(zip(("ensemble_loss", "ensemble_correct"), ensemble_terms(self.loss, xp, ws)))
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0) + value
@@ -384,7 +386,7 @@ class Ensemble:
         result: dict[str, Any] = {"loss": host["loss"] / total}
         if self.loss.classification:
             result["accuracy"] = host["correct"] / self.accuracy_denominator(total)
-        if mean:
+        if "ensemble_loss" in host:
             shared = float(np.max(total))  # every member saw the same rows and weights
             result["ensemble_loss"] = float(host["ensemble_loss"]) / shared
             if self.loss.classification:
@@ -422,7 +424,7 @@ class Ensemble:
         config = build()
         if not isinstance(bootstrap, bool):
             raise GpubpTypeError(f"bootstrap must be True or False, got {bootstrap!r}")
-        with self.backend.activate(), self.backend.members_scope():
+        with self.backend.activate():
             return ensemble_training.fit(self, X, Y, config, validation_data, sample_weight, bootstrap)
 
 

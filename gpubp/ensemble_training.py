@@ -70,6 +70,9 @@ class EnsembleRun(_Run):
         self.best_kept = np.zeros(self.members, dtype=bool)
         """Members whose best weights are in ``best_params``."""
         self.resample: Array | None = None
+        self._resumed_seeds: list[Any] | None = None
+        if self.best_params is not None:  # rows of members without a best epoch yet: zeros, not leftovers
+            self.best_params.fill(0)
 
     def _guard(self) -> MemberGuard:
         c = self.config
@@ -90,8 +93,20 @@ class EnsembleRun(_Run):
     def run_identity(self) -> dict[str, Any]:
         return {**super().run_identity(), "members": self.members, "bootstrap": self.bootstrap}
 
+    def model_progress(self) -> dict[str, Any]:
+        """The members' seeds (which drew their first weights), kept so a resumed ensemble reports them."""
+        return {"seeds": list(self.ensemble.seeds)}
+
+    def _accept_progress(self, progress: dict[str, Any]) -> None:
+        super()._accept_progress(progress)
+        seeds = progress.get("seeds")
+        if isinstance(seeds, list) and len(seeds) == self.members:
+            self._resumed_seeds = seeds
+
     def _resume(self, path: Path) -> None:
         super()._resume(path)
+        if self._resumed_seeds is not None:
+            self.ensemble.seeds = [None if s is None else int(s) for s in self._resumed_seeds]
         history = self.history
         self.active = np.array([history.member_stopped[k] is None and history.frozen[k] is None
                                 for k in range(self.members)])

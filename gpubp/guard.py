@@ -131,9 +131,10 @@ class MemberGuard:
         j = len(self.window)
         bad = self.flags[j]
         self.backend.nonfinite_flags(self.grads, losses, bad)
+        xp.greater(bad, self.held, out=bad)  # a held member's values are not its training's: not counted
         xp.maximum(bad, self.held, out=self.skip)
-        if self.mode == "raise" and j > 0:  # a bad step earlier in the window: every member stays before it
-            xp.maximum(self.skip, self.flags[:j].max(), out=self.skip)
+        if self.mode == "raise":  # a bad step (this one, or earlier in the window): every member stays before it
+            xp.maximum(self.skip, self.flags[:j + 1].max(), out=self.skip)
         elif self.mode == "freeze_member":
             xp.maximum(self.held, bad, out=self.held)
         return self.skip

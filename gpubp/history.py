@@ -130,7 +130,10 @@ class EnsembleHistory:
             if last is not None and epoch <= last:
                 history.append(epoch, {key: (value if key in RUN_KEYS else value[k]) for key, value in record.items()})
         history.monitor, history.best_epoch = self.monitor, self.best_epoch[k]
-        history.stopped_epoch, history.resumed_from = self.member_stopped[k], self.resumed_from
+        stopped = self.member_stopped[k]
+        if stopped is None and self.frozen[k] is None:  # still training when the run stopped (a callback): as alone
+            stopped = self.stopped_epoch
+        history.stopped_epoch, history.resumed_from = stopped, self.resumed_from
         return history
 
     def as_dict(self) -> dict[str, Any]:

@@ -121,32 +121,33 @@ def _huber(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: Any, wei
 
 
 NARROW_ROWS = 32
-"""Rows of at most this many columns are reduced column by column on NumPy (see :func:`_row_reduce`)."""
+"""Rows of at most this many columns take their maxima column by column on NumPy (see :func:`_row_max`)."""
 
 
-def _row_reduce(xp: Any, ufunc: Any, x: Any, out: Any) -> None:
-    """``out[n] = x[n, 0] ∘ x[n, 1] ∘ …`` for ``∘`` = ``ufunc`` (maximum, add), into ``out`` ``(N, 1)``.
+def _row_max(xp: Any, x: Any, out: Any) -> None:
+    """``out[n] = max_k x[n, k]`` into ``out`` ``(N, 1)`` (a NaN wins, as in NumPy's ``max``).
 
     NumPy reduces a short row slowly (0.65 ms for the maxima of 8192 rows of 10, measured on a 2-core
-    Xeon, 2026-11-29); a loop over the columns, one vectorised pass each, takes a fraction of it. Both
-    give the maximum exactly; a sum is then taken left to right (NumPy sums 10 values the same way)."""
+    Xeon, 2026-11-29); a loop over the columns, one vectorised ``maximum`` each, takes 0.04 ms. A
+    maximum is exact in any order, so the result is NumPy's own. (Sums are left to NumPy: their
+    rounding depends on the order.)"""
     columns = x.shape[1]
     if getattr(xp, "__name__", "") != "numpy" or not 1 <= columns <= NARROW_ROWS:
-        ufunc.reduce(x, axis=1, keepdims=True, out=out)
+        xp.max(x, axis=1, keepdims=True, out=out)
         return
     xp.copyto(out, x[:, :1])
     for j in range(1, columns):
-        ufunc(out, x[:, j:j + 1], out=out)
+        xp.maximum(out, x[:, j:j + 1], out=out)
 
 
 def _softmax(xp: Any, z: Any, a: Any, tmp: Any, rows: Any) -> None:
     """a = softmax(z) row by row, shifted by the row maximum so exp never overflows.
     Leaves the row maxima in rows[0] and the sums of exp(z − max) in rows[1]."""
     row_max, row_sum = rows[0], rows[1]
-    _row_reduce(xp, xp.maximum, z, row_max)
+    _row_max(xp, z, row_max)
     xp.subtract(z, row_max, out=a)
     xp.exp(a, out=a)
-    _row_reduce(xp, xp.add, a, row_sum)
+    xp.sum(a, axis=1, keepdims=True, out=row_sum)
     xp.divide(a, row_sum, out=a)
 
 
@@ -163,7 +164,7 @@ def _cross_entropy(xp: Any, z: Any, a: Any, y: Any, delta: Any, tmp: Any, rows: 
     xp.log(row_sum, out=row_loss)
     xp.add(row_loss, row_max, out=row_loss)  # logsumexp(z) per row
     xp.multiply(y, z, out=delta)  # delta is scratch until BP1 below
-    _row_reduce(xp, xp.add, delta, row_yz)
+    xp.sum(delta, axis=1, keepdims=True, out=row_yz)
     xp.subtract(row_loss, row_yz, out=row_loss)
     xp.maximum(row_loss, 0.0, out=row_loss)
     xp.subtract(a, y, out=delta)  # BP1, fused: δ = (P − Y) / N

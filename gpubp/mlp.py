@@ -106,7 +106,7 @@ class MLP:
     """
 
     def __init__(self, sizes: Sequence[int], activation: str | Sequence[str] = "sigmoid",
-                 output_activation: str | None = None, loss: str = "mse", backend: str | Backend = "auto",
+                 output_activation: str | None = None, loss: str | Loss = "mse", backend: str | Backend = "auto",
                  dtype: str = "float32", seed: int | None = None, init: str = "auto",
                  matmul_precision: str = "highest"):
         self.sizes = inputs.check_sizes(sizes)

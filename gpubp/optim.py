@@ -98,15 +98,19 @@ class Optimizer:
 
     def _buffers(self, backend: Backend, params: Array) -> dict[str, Array]:
         """The state buffers this rule needs, allocated (zeroed) on first use; checks they still fit."""
+        counts = params.shape[0] if params.ndim == 2 else 1  # one step count per member of an ensemble
+        held = [tuple(buffer.shape) for name, buffer in self.state.items() if name != "steps"]
+        steps = self.state.get("steps")
         if self._size is None:
             self._size = int(params.size)
-        elif self._size != params.size:
+        elif self._size != params.size or any(shape != tuple(params.shape) for shape in held) \
+                or (steps is not None and steps.size != counts):
             raise GpubpValueError(
                 f"this {type(self).__name__} holds state for {self._size} parameters but was given a "
                 f"network with {params.size}; use one optimizer per network"
             )
-        if "steps" not in self.state:  # one count per member of an ensemble ((K, P) parameters)
-            self.state["steps"] = backend.zeros((params.shape[0] if params.ndim == 2 else 1,), np.int64)
+        if "steps" not in self.state:
+            self.state["steps"] = backend.zeros((counts,), np.int64)
         for name in self.needed_state():
             if name not in self.state:
                 self.state[name] = backend.zeros(params.shape, params.dtype)

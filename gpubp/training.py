@@ -592,6 +592,10 @@ class _Run:
             identity.update(shard="local", world_size=self.partition.size)
         return identity
 
+    def model_progress(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the model beyond its configuration and weights (nothing for one network)."""
+        return {}
+
     def _accept_progress(self, progress: dict[str, Any]) -> None:
         """The checkpoint's early-stopping state, and its kind of run: a checkpoint of ranks that held
         their own rows (``shard="local"``) continues only as such a run."""
@@ -792,6 +796,6 @@ class _Run:
             return
         progress = {"epoch": epoch, "step": self.steps_done, "rng_state": self.rng.bit_generator.state,
                     "history": self.history.to_state(), "early_stopping": self.early.state(),
-                    **self.run_identity()}
+                    **self.run_identity(), **self.model_progress()}
         best = self.best_params if self.best_saved else None
         checkpoints.save_checkpoint(path, self.model, self.config.optimizer, progress, best)

@@ -247,6 +247,9 @@ def test_save_load_and_checkpoint_resume(tmp_path, rng, monkeypatch):
     loaded = gpubp.load(model_path, backend="numpy")
     assert isinstance(loaded, gpubp.Ensemble) and loaded.seeds == whole.seeds
     np.testing.assert_array_equal(loaded.params, whole.params)
+    drawn = gpubp.Ensemble([5, 6, 3], 3, loss="cross_entropy", backend="numpy", dtype="float64")  # seeds drawn
+    drawn.fit(X, Y, optimizer=optim.Adam(lr=[0.01, 0.05, 0.02]), checkpoint=path, resume=True, **settings)
+    assert drawn.seeds == SEEDS  # the checkpoint's: those that drew the weights it trained on
     checkpointed = gpubp.io.load_checkpoint(path, backend="numpy")
     assert isinstance(checkpointed.net, gpubp.Ensemble)
     assert checkpointed.optimizer.member_steps == [int(s) for s in first_steps(path)]
@@ -293,14 +296,74 @@ def test_freeze_member_freezes_the_diverging_member_and_trains_the_others(backen
         assert _relative(backend.to_host(ensemble.params[k]), backend.to_host(net.params)) < 1e-9
 
 
-def test_raise_names_the_member_and_keeps_every_member_before_the_bad_step(rng):
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_raise_names_the_member_and_keeps_every_member_before_the_bad_step(rng, check_every):
+    import re
+
     X, Y = _exploding(rng)
     ensemble = gpubp.Ensemble([5, 16, 3], 3, activation="relu", loss="mse", backend="numpy", dtype="float64",
                               seeds=SEEDS)
-    with pytest.raises(DivergenceError, match="member 1 had NaN or Inf"):
+    with pytest.raises(DivergenceError, match="member 1 had NaN or Inf") as raised:
         ensemble.fit(X, Y, epochs=3, batch_size=16, optimizer=optim.SGD(lr=[1e-5, 10.0, 2e-5]), seed=0,
-                     progress=False)
+                     progress=False, check_every=check_every)
     assert np.isfinite(ensemble.params).all()
+    bad_step = int(re.search(r"at step (\d+)", str(raised.value)).group(1))
+    for k in (0, 2):  # the healthy members too are as after the step before the bad one
+        net = gpubp.MLP([5, 16, 3], activation="relu", loss="mse", backend="numpy", dtype="float64", seed=SEEDS[k])
+        order = np.random.default_rng(0).permutation(64)
+        rate = [1e-5, 10.0, 2e-5][k]
+        sgd = optim.SGD(lr=rate)
+        for step in range(bad_step - 1):
+            rows = order[(step % 4) * 16:(step % 4 + 1) * 16]
+            assert step < 4  # (one epoch's permutation is enough here)
+            net.train_step(X[rows], Y[rows], sgd)
+        np.testing.assert_allclose(ensemble.params[k], net.params, rtol=1e-12)
+
+
+def test_two_ensembles_on_one_fused_backend_keep_their_own_rates(host_kernels, rng):
+    """The device tables of per-member hyperparameters are shared scratch: each ensemble's step uploads its own."""
+    import kernel_host
+
+    backend = kernel_host.HostFusedBackend(host_kernels)
+    X, Y = _data("mse", rng, n=32)
+    big = gpubp.Ensemble([5, 4, 3], 3, backend=backend, dtype="float64", seeds=SEEDS)
+    small = gpubp.Ensemble([5, 4, 3], 2, backend=backend, dtype="float64", seeds=[1, 2])
+    big_rates, small_rates = optim.Adam(lr=[1e-3, 2e-3, 3e-3]), optim.Adam(lr=[0.5, 0.7])
+    for _ in range(2):
+        big.train_step(X, Y, big_rates)
+        small.train_step(X, Y, small_rates)
+    for k, rate in enumerate([1e-3, 2e-3, 3e-3]):
+        net = gpubp.MLP([5, 4, 3], backend="numpy", dtype="float64", seed=SEEDS[k])
+        adam = optim.Adam(lr=rate)
+        for _ in range(2):
+            net.train_step(X, Y, adam)
+        np.testing.assert_allclose(big.params[k], net.params, rtol=1e-10)
+
+
+def test_a_loss_of_ones_own_works_without_ensemble_metrics(rng):
+    from gpubp.losses import LOSSES, Loss
+
+    mine = Loss("my_l1", LOSSES["l1"].value_and_delta)
+    X, Y = _data("mse", rng, n=30)
+    ensemble = gpubp.Ensemble([5, 4, 3], 2, loss=mine, backend="numpy", dtype="float64", seeds=[1, 2])
+    ensemble.fit(X, Y, epochs=2, batch_size=10, progress=False, seed=0)
+    metrics = ensemble.evaluate(X, Y)
+    assert "ensemble_loss" not in metrics and metrics["loss"].shape == (2,)
+    assert ensemble.member(1).evaluate(X, Y)["loss"] == pytest.approx(metrics["loss"][1], rel=1e-12)
+
+
+def test_a_callback_stops_the_run_as_it_stops_a_network(rng):
+    X, Y = _data("mse", rng, n=40)
+
+    def stop(epoch, record):
+        return epoch == 2
+
+    ensemble = gpubp.Ensemble([5, 4, 3], 2, backend="numpy", dtype="float64", seeds=[1, 2])
+    history = ensemble.fit(X, Y, epochs=5, progress=False, seed=0, callback=stop)
+    net = gpubp.MLP([5, 4, 3], backend="numpy", dtype="float64", seed=1)
+    alone = net.fit(X, Y, epochs=5, progress=False, seed=0, callback=stop)
+    assert history.member(0).stopped_epoch == alone.stopped_epoch == 2 and len(history) == 2
+    assert history.member(0).epochs == alone.epochs
 
 
 def test_skip_step_per_member(rng):

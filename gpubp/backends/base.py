@@ -56,11 +56,6 @@ class Backend:
         """``with backend.activate():`` runs the block with this backend's device current (nothing on the CPU)."""
         return contextlib.nullcontext()
 
-    def members_scope(self) -> ContextManager[Any]:
-        """``with backend.members_scope():`` runs an ensemble's work (its batched products and many small
-        passes) as this backend runs it best; nothing here (the NumPy backend keeps BLAS single-threaded)."""
-        return contextlib.nullcontext()
-
     def empty(self, shape: Any, dtype: Any) -> Array:
         return self.xp.empty(shape, dtype=dtype)
 

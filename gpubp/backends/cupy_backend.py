@@ -95,6 +95,11 @@ class CupyBackend(FusedBackend):
         GEMM compute type. The latter is process-wide: while gpubp queues a TF32 GEMM (microseconds,
         under a lock), another thread's CuPy float32 matmul could also be queued in TF32.
         """
+        if not out.flags.c_contiguous:  # an ensemble's gradient views of its (K, P) buffer: a contiguous result first
+            result = self.scratch("matmul_result", out.shape, out.dtype)
+            self.matmul(a, b, result, precision)
+            self.xp.copyto(out, result)
+            return
         if precision != "tf32" or out.dtype != np.float32 or not self.tf32_capable:
             if precision == "tf32" and not self.tf32_capable:
                 _no_tf32(self.device_name())

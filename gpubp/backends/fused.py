@@ -62,6 +62,11 @@ _BUILTIN_LOSSES = dict(LOSSES)
 with the same name but other functions (built by a user, or patched into the registry) is not them."""
 
 
+def _address(array: Any) -> int:
+    """Where an array's data starts (NumPy or CuPy)."""
+    return int(array.data.ptr) if hasattr(array.data, "ptr") else int(array.ctypes.data)
+
+
 class FusedBackend(Backend):
     """A :class:`~gpubp.backends.base.Backend` whose hot operations launch the kernels of ``ops``.
 
@@ -134,7 +139,12 @@ class FusedBackend(Backend):
     def bias_grad(self, delta: Array, ones: Array, out: Array) -> None:
         # One column (a one-output last layer) always takes the kernel: cuBLAS's GEMV path in CuPy
         # turns a single dot product into an elementwise product and a sum with a batch-sized temporary.
-        if delta.ndim == 3 or (self.bias_grad_method == "gemv" and delta.shape[1] > 1):  # (an ensemble: K GEMVs)
+        if delta.ndim == 3:  # an ensemble: K GEMVs, into a contiguous buffer, then into the (K, P) buffer's view
+            result = self.scratch("member_bias_grad", out.shape, out.dtype)
+            super().bias_grad(delta, ones, result)
+            self.xp.copyto(out, result)
+            return None
+        if self.bias_grad_method == "gemv" and delta.shape[1] > 1:
             return super().bias_grad(delta, ones, out)
         rows, cols = delta.shape
         chunks, _ = self.ops.column_sum_plan(rows, cols)
@@ -177,11 +187,14 @@ class FusedBackend(Backend):
         (a schedule changes them once an epoch)."""
         table = np.asarray(rows, dtype=dtype).T.copy()
         device = self.scratch(name, table.shape, dtype)
+        # The scratch buffer of ``name`` is shared by every ensemble on this backend (and this thread): what
+        # was last written into it, and where, is kept; any other table (another ensemble's) is uploaded.
         uploaded = self._local.__dict__.setdefault("member_tables", {})
-        key = (name, table.shape, np.dtype(dtype))
-        if key not in uploaded or not np.array_equal(uploaded[key], table):
+        where = (_address(device), table.shape)
+        last = uploaded.get(name)
+        if last is None or last[0] != where or not np.array_equal(last[1], table):
             self.copy_into(device, table)
-            uploaded[key] = table
+            uploaded[name] = (where, table)
         return device
 
     def _all_members(self, members: int) -> Array:

@@ -76,12 +76,6 @@ class NumpyBackend(Backend):
     def asarray(self, value: Any, dtype: Any = None) -> np.ndarray:
         return np.array(value, dtype=dtype, copy=True, order="C")
 
-    def members_scope(self) -> Any:
-        """An ensemble's work with BLAS single-threaded throughout: its batched products are split over this
-        backend's threads (:meth:`matmul`), and a BLAS worker woken by a small product would otherwise spin
-        on a core the elementwise passes need."""
-        return BLAS.single()
-
     def matmul(self, a: Any, b: Any, out: Any, precision: str = "highest") -> None:
         """``out = a @ b``; a batched product (an ensemble's ``(K, …)`` members) is split over the pool's
         threads, ``K/threads`` members each, with BLAS single-threaded meanwhile (see :mod:`.blas`)."""
