@@ -64,7 +64,7 @@ def _check_members(ensemble, nets, history, histories, keys=("loss", "val_loss",
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam", "adamw"])
 def test_members_equal_networks_trained_alone(backend, loss, kind, rng):
     X, Y = _data(loss, rng)
     build = _optimizer(kind, members=True)
@@ -82,7 +82,7 @@ def test_members_equal_networks_trained_alone(backend, loss, kind, rng):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam", "adamw"])
-@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_equal_with_validation_split_and_early_stopping(backend, kind, loss, rng):
     """Members stop at different epochs: each is frozen with its best weights, exactly as alone."""
     X, Y = _data(loss, rng, n=120)
