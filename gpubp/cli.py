@@ -122,6 +122,17 @@ def _parse_widths(text: str) -> list[int]:
     return widths
 
 
+def _parse_counts(text: str) -> list[int]:
+    """``--members``: numbers of members, comma-separated, each >= 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers of members like 1,8,64, got {text!r}") from None
+    if any(k < 1 for k in counts):
+        raise argparse.ArgumentTypeError(f"numbers of members must be >= 1, got {text!r}")
+    return counts
+
+
 def _parse_rates(text: str) -> list[float]:
     """``--lr``: one learning rate, or a comma-separated list of them (a sweep: one per group of members)."""
     try:
@@ -584,7 +595,7 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--json", metavar="PATH", help="write the report as JSON (schema in gpubp.benchmark)")
     bench.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG: step/GEMM and GPU speedup against width")
-    bench.add_argument("--members", type=_parse_widths, default=None, metavar="K,…",
+    bench.add_argument("--members", type=_parse_counts, default=None, metavar="K,…",
                        help="instead of the sweep: ensembles of K networks ([64,64,64,10] at batch 256, "
                        "[784,256,10] at batch 128) against K separate networks' steps, in members × samples/s")
     bench.set_defaults(run=_bench)

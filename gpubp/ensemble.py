@@ -44,6 +44,9 @@ from .optim import Optimizer
 from .workspace import Workspace, WorkspaceCache
 
 ENSEMBLE_FORMAT = "gpubp.ensemble"
+OVERFLOW_CAUSE = ("the inputs are finite, so a member's arithmetic overflowed: a member frozen by "
+                  "on_nonfinite='freeze_member' keeps its last finite weights, which may be near overflow (leave it "
+                  "out with ensemble.select([...])), or the inputs are too large (scale them)")
 ENSEMBLE_VERSION = 1
 
 
@@ -138,7 +141,8 @@ class Ensemble:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise GpubpTypeError(f"k must be a member index (an int), got {type(k).__name__} {k!r}")
         if not -self.n_members <= k < self.n_members:
-            raise GpubpValueError(f"k must be a member index in [0, {self.n_members}), got {k}")
+            raise GpubpValueError(f"k must be a member index in [0, {self.n_members}) (or from the end, down to "
+                                  f"-{self.n_members}), got {k}")
         return int(k) % self.n_members
 
     def member(self, k: int) -> MLP:
@@ -172,6 +176,16 @@ class Ensemble:
             for k, net in enumerate(nets):
                 ensemble.backend.copy_into(ensemble.params[k], net.params)
         ensemble.seeds = [None] * len(nets)
+        return ensemble
+
+    def select(self, members: Sequence[int]) -> Ensemble:
+        """A new ensemble of the members ``members`` (indices, in that order), their weights and seeds copied: to
+        leave out members that diverged (``history.frozen``) or keep the best of a sweep."""
+        if not isinstance(members, (list, tuple, range, np.ndarray)) or len(members) == 0:
+            raise GpubpTypeError(f"members must be a non-empty list of member indices, got {members!r}")
+        chosen = [self._member_index(k) for k in members]
+        ensemble = Ensemble.from_members([self.member(k) for k in chosen])
+        ensemble.seeds = [self.seeds[k] for k in chosen]
         return ensemble
 
     def get_weights(self) -> list[HostArray]:
@@ -347,7 +361,7 @@ class Ensemble:
         result = self.backend.to_host(outputs if members else outputs.mean(axis=0))
         bad = int(result.size - np.count_nonzero(np.isfinite(result)))
         if bad:
-            inputs.warn_overflow("predict", bad)
+            inputs.warn_overflow("predict", bad, OVERFLOW_CAUSE)
         return result
 
     def evaluate(self, X: Any, Y: Any, batch_size: int | None = None,
@@ -392,7 +406,7 @@ class Ensemble:
             if self.loss.classification:
                 result["ensemble_accuracy"] = float(host["ensemble_correct"]) / self.accuracy_denominator(shared)
         if not np.all(np.isfinite(result["loss"])):
-            inputs.warn_overflow("evaluate: the loss", int(np.sum(~np.isfinite(result["loss"]))))
+            inputs.warn_overflow("evaluate: the loss", int(np.sum(~np.isfinite(result["loss"]))), OVERFLOW_CAUSE)
         return result
 
     def fit(self, X: Any, Y: Any, epochs: int = 10, batch_size: int = 64, optimizer: Optimizer | None = None,

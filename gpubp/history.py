@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import GpubpValueError
+
 
 class History:
     """Per-epoch metrics: ``history["loss"]`` is the list of epoch losses.
@@ -124,6 +126,8 @@ class EnsembleHistory:
 
     def member(self, k: int) -> History:
         """Member ``k``'s history: its metrics up to the epoch it stopped, as an MLP's ``fit`` would return."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.members:
+            raise GpubpValueError(f"k must be a member index in [0, {self.members}), got {k!r}")
         history = History()
         last = self.last_epoch(k)
         for epoch, record in zip(self.epochs, self.records):

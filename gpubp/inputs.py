@@ -112,9 +112,10 @@ def quiet_overflow() -> np.errstate:
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
-def warn_overflow(what: str, count: int) -> None:
-    warnings.warn(f"{what}: {count} value(s) are inf or NaN: the inputs are finite, but so large that the "
-                  f"network's arithmetic overflowed; scale the inputs", GpubpWarning, stacklevel=3)
+def warn_overflow(what: str, count: int, cause: str | None = None) -> None:
+    """Warn that finite inputs gave ``count`` inf/NaN outputs; ``cause`` replaces the usual explanation."""
+    cause = cause or "the inputs are finite, but so large that the network's arithmetic overflowed; scale the inputs"
+    warnings.warn(f"{what}: {count} value(s) are inf or NaN: {cause}", GpubpWarning, stacklevel=3)
 
 
 def check_optimizer(optimizer: Any, members: int | None = None) -> Optimizer:

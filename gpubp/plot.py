@@ -34,7 +34,8 @@ def plot_history(history: History, path: str | os.PathLike, title: str | None = 
     from matplotlib.ticker import MaxNLocator
 
     if not isinstance(history, History) or len(history) == 0:
-        raise GpubpValueError("history must be a non-empty gpubp History (what MLP.fit returns)")
+        raise GpubpValueError("history must be a non-empty gpubp History (what MLP.fit returns); an ensemble's "
+                              "EnsembleHistory is drawn by gpubp.plot.plot_members")
     path = _png_path(path)
     keys = history.keys()
     panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in keys else [])

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import GpubpValueError
 from .history import EnsembleHistory
 
 
@@ -19,7 +20,7 @@ def member_rates(rates: Sequence[float], members: int) -> list[float]:
     """Each member's learning rate in a sweep of ``rates`` over ``members``: the rates in order, each for
     ``members / len(rates)`` consecutive members (repeats of a rate differ by their seeds)."""
     if members % len(rates):
-        raise ValueError(f"{members} members cannot share {len(rates)} learning rates evenly: give a multiple of "
+        raise GpubpValueError(f"{members} members cannot share {len(rates)} learning rates evenly: give a multiple of "
                          f"{len(rates)} members")
     repeats = members // len(rates)
     return [float(rates[k // repeats]) for k in range(members)]
@@ -27,8 +28,12 @@ def member_rates(rates: Sequence[float], members: int) -> list[float]:
 
 def results(history: EnsembleHistory, rates: Sequence[float], seeds: Sequence[int | None],
             restored: bool) -> list[dict[str, Any]]:
-    """One row per member: ``member``, ``lr``, ``seed``, ``epochs``, ``best_epoch`` and the metrics of its final
-    weights (of its best epoch when ``restored``, else of the last epoch it trained)."""
+    """One row per member: ``member``, ``lr``, ``seed``, ``epochs``, ``best_epoch`` and the metrics of the weights
+    it ended with. ``restored``: whether ``fit`` put each member's best weights back (``early_stopping`` with
+    ``restore_best=True``): then its best epoch's metrics, else those of the last epoch it trained."""
+    if len(rates) != history.members or len(seeds) != history.members:
+        raise GpubpValueError(f"rates and seeds must give one value per member ({history.members}), got {len(rates)} "
+                         f"rates and {len(seeds)} seeds")
     rows = []
     for k in range(history.members):
         last = history.last_epoch(k)
@@ -51,6 +56,9 @@ def results(history: EnsembleHistory, rates: Sequence[float], seeds: Sequence[in
 def ranked(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """``rows`` best first by ``key`` (higher is better for accuracies, lower otherwise); members without the
     metric (diverged before it was measured) last."""
+    known = {name for row in rows for name in row}
+    if key not in known:
+        raise GpubpValueError(f"key must be one of the rows' metrics {sorted(known)}, got {key!r}")
     sign = -1.0 if "accuracy" in key else 1.0
 
     def order(row: dict[str, Any]) -> tuple[bool, float]:
@@ -71,6 +79,10 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
             return f"{value:.4g}"
         return str(value)
 
+    known = {"note", *(name for row in rows for name in row)}
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise GpubpValueError(f"columns {unknown} are not in the rows; they have {sorted(known)}")
     header = ["rank", *columns]
     body = [[str(i), *(cell(row.get(c)) for c in columns)] for i, row in enumerate(rows, start=1)]
     widths = [max(len(line[j]) for line in [header, *body]) for j in range(len(header))]

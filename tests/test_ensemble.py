@@ -476,3 +476,35 @@ def test_plot_members_draws_every_member(tmp_path, rng):
     with pytest.raises(GpubpValueError, match="labels must name each of the 4 members"):
         plot_members(history, tmp_path / "other.png", labels=["a"])
     assert not (tmp_path / "other.png").exists()
+
+
+def test_select_leaves_out_members_and_keeps_their_seeds(rng):
+    X, Y = _exploding(rng)
+    ensemble = gpubp.Ensemble([5, 16, 3], 3, activation="relu", loss="mse", backend="numpy", dtype="float64",
+                              seeds=SEEDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GpubpWarning)
+        history = ensemble.fit(X, Y, epochs=2, batch_size=16, optimizer=optim.SGD(lr=[1e-5, 10.0, 2e-5]), seed=0,
+                               progress=False, on_nonfinite="freeze_member")
+    healthy = ensemble.select([k for k, epoch in enumerate(history.frozen) if epoch is None])
+    assert healthy.n_members == 2 and healthy.seeds == [SEEDS[0], SEEDS[2]]
+    np.testing.assert_array_equal(healthy.params, ensemble.params[[0, 2]])
+    assert np.isfinite(healthy.predict(X)).all()
+    with pytest.raises(GpubpValueError, match="member index"):
+        ensemble.select([0, 3])
+    with pytest.raises(GpubpValueError, match="member index in \\[0, 3\\)"):
+        history.member(3)
+
+
+def test_sweep_table_refuses_what_it_does_not_have(rng):
+    X, Y = _data("mse", rng, n=40)
+    ensemble = gpubp.Ensemble([5, 4, 3], 2, backend="numpy", seeds=[1, 2])
+    history = ensemble.fit(X, Y, epochs=2, progress=False, seed=0, validation_split=0.25)
+    rows = gpubp.sweep.results(history, [0.1, 0.2], ensemble.seeds, restored=False)
+    with pytest.raises(GpubpValueError, match="'val_los'"):
+        gpubp.sweep.ranked(rows, "val_los")
+    with pytest.raises(GpubpValueError, match="columns \\['val_acc'\\]"):
+        gpubp.sweep.table(rows, ["member", "val_acc"])
+    with pytest.raises(GpubpValueError, match="one value per member"):
+        gpubp.sweep.results(history, [0.1], ensemble.seeds, restored=False)
+    assert gpubp.sweep.table(gpubp.sweep.ranked(rows, "val_loss"), ["member", "val_loss"]).count("\n") == 2
