@@ -142,18 +142,20 @@ class Backend:
 
     # --- activations and losses ---------------------------------------------------------------
     def bias_activation_forward(self, activation: Activation, z: Array, b: Array, a: Array, tmp: Array) -> None:
-        """``z += b`` then ``a = σ(z)``: the rest of a layer's forward pass after its GEMM (one elementwise
-        call, so the NumPy backend runs both passes on a block while it is in cache)."""
+        """``z += b`` then ``a = σ(z)``: the rest of a layer's forward pass after its GEMM. An ensemble's
+        ``(K, 1, width)`` biases are split over the threads with their members' rows, both passes in one
+        elementwise call (so the NumPy backend runs them on a block while it is in cache)."""
+        if b.ndim != z.ndim:
+            self.add_bias(z, b)
+            self.activation_forward(activation, z, a, tmp)
+            return
         xp = self.xp
 
-        def forward(z_: Array, a_: Array, tmp_: Array, b_: Array = b) -> None:
+        def forward(z_: Array, a_: Array, tmp_: Array, b_: Array) -> None:
             xp.add(z_, b_, out=z_)
             activation.forward(xp, z_, a_, tmp_)
 
-        if b.ndim == z.ndim:  # an ensemble's (K, 1, width) biases: split with their members' rows
-            self.elementwise(forward, [z, a, tmp, b], passes=2)
-        else:
-            self.elementwise(forward, [z, a, tmp], passes=2)
+        self.elementwise(forward, [z, a, tmp, b], passes=2)
 
     def bias_loss_output(self, loss: Loss, z: Array, b: Array, a: Array, tmp: Array, rows: Array) -> None:
         """``z += b`` then the probabilities of a loss that fuses its output activation (softmax, sigmoid)."""
