@@ -33,13 +33,12 @@ import numpy as np
 
 from . import _validate as check
 from . import ensemble_training, inputs, serialization, training
-from .activations import Activation
 from .backends import Array, Backend, HostArray
 from .backends._kernels import MAX_MEMBERS
 from .errors import GpubpTypeError, GpubpValueError
 from .history import EnsembleHistory
 from .losses import LOSSES, Loss
-from .mlp import MLP, PREDICT_BATCH, initial_parameters
+from .mlp import MLP, PREDICT_BATCH, Network, initial_parameters
 from .optim import Optimizer
 from .workspace import Workspace, WorkspaceCache
 
@@ -67,7 +66,7 @@ def member_seeds(seeds: Any, members: int) -> list[int]:
     return [int(seed) for seed in seeds]
 
 
-class Ensemble:
+class Ensemble(Network):
     """``n_members`` fully-connected networks of one architecture, trained together in batched GEMMs.
 
     The architecture arguments are :class:`gpubp.MLP`'s. ``seeds``: None (drawn), an int
@@ -82,54 +81,17 @@ class Ensemble:
         if self.n_members > MAX_MEMBERS:
             raise GpubpValueError(f"n_members must be at most {MAX_MEMBERS}, got {n_members}")
         seed_list = member_seeds(seeds, self.n_members)
-        # the architecture's checks and conventions are the MLP's own: one network of it, member 0's
-        self._prototype = MLP(sizes, activation=activation, output_activation=output_activation, loss=loss,
-                              backend=backend, dtype=dtype, seed=seed_list[0], init=init,
-                              matmul_precision=matmul_precision)
-        proto = self._prototype
-        self.sizes, self.loss, self.dtype, self.init = proto.sizes, proto.loss, proto.dtype, proto.init
-        self.backend: Backend = proto.backend
-        self.matmul_precision = proto.matmul_precision
-        self._activations: list[Activation | None] = proto._activations
+        super().__init__(sizes, activation, output_activation, loss, backend, dtype, init, matmul_precision)
         self.seeds: list[int | None] = list(seed_list)
         with self.backend.activate():
-            host = np.stack([initial_parameters(self.sizes, self._activations, self.init, seed) for seed in seed_list])
-            self._build_parameters(host)
-        keep_z = [act is None or act.needs_z for act in self._activations]
-        self._workspaces = WorkspaceCache(self.backend, self.sizes, self.dtype, keep_z, members=self.n_members)
-
-    def _build_parameters(self, host: HostArray) -> None:
-        be, k = self.backend, self.n_members
-        self.params: Array = be.asarray(host, self.dtype)
-        self.grads: Array = be.zeros(host.shape, self.dtype)
-        shapes = list(zip(self.sizes[:-1], self.sizes[1:]))
-        slices = self._prototype._slices
-        self.weights = [self.params[:, w].reshape(k, fi, fo) for (w, _), (fi, fo) in zip(slices, shapes)]
-        self.biases = [self.params[:, b].reshape(k, 1, fo) for (_, b), (_, fo) in zip(slices, shapes)]
-        self.grad_weights = [self.grads[:, w].reshape(k, fi, fo) for (w, _), (fi, fo) in zip(slices, shapes)]
-        self.grad_biases = [self.grads[:, b] for _, b in slices]
-
-    # --- what it is -----------------------------------------------------------------------------------
-    @property
-    def n_layers(self) -> int:
-        return len(self.sizes) - 1
-
-    @property
-    def n_params(self) -> int:
-        """Parameters of one member (the ensemble holds ``n_members`` times as many)."""
-        return self._prototype.n_params
-
-    @property
-    def activations(self) -> list[str]:
-        return self._prototype.activations
-
-    @property
-    def output_activation(self) -> str:
-        return self._prototype.output_activation
+            self._build_parameters(np.stack([initial_parameters(self.sizes, self._activations, self.init, seed)
+                                             for seed in seed_list]))
+        self._workspaces = WorkspaceCache(self.backend, self.sizes, self.dtype, self._keep_z(),
+                                          members=self.n_members)
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this architecture (the members' and their number)."""
-        return {**self._prototype.config(), "n_members": self.n_members}
+        return {**super().config(), "n_members": self.n_members}
 
     def __repr__(self) -> str:
         return (f"Ensemble(n_members={self.n_members}, sizes={list(self.sizes)}, activation={self.activations}, "
@@ -192,7 +154,7 @@ class Ensemble:
         """NumPy copies ``[W1, b1, W2, b2, …]`` with the members first: ``W`` ``(K, fan_in, fan_out)``,
         ``b`` ``(K, fan_out)``."""
         host = self.backend.to_host(self.params)
-        parts = [self._prototype.split(row) for row in host]
+        parts = [self.split(row) for row in host]
         return [np.stack([member[i] for member in parts]) for i in range(2 * self.n_layers)]
 
     # --- save and load --------------------------------------------------------------------------------
@@ -222,44 +184,7 @@ class Ensemble:
         ensemble.seeds = list(seeds) if isinstance(seeds, list) and len(seeds) == members else [None] * members
         return ensemble
 
-    # --- the step surface (what the training loop drives) ---------------------------------------------
-    def check_x(self, X: Any, name: str = "X") -> Array:
-        return self._prototype.check_x(X, name)
-
-    def check_y(self, Y: Any, n: int, name: str = "Y") -> tuple[bool, Array]:
-        return self._prototype.check_y(Y, n, name)
-
-    def workspace(self, batch: int, shared_input: bool = True) -> Workspace:
-        """The buffers of a batch of ``batch`` samples per member (their inputs shared, or each member's own)."""
-        return self._workspaces.get(batch, shared_input)
-
-    def load_batch(self, X: Any, Y: Any, sample_weight: Any = None) -> Workspace:
-        """Check one batch and copy it into the workspace of its size, every member the same rows."""
-        X = self.check_x(X)
-        is_labels, Y = self.check_y(Y, X.shape[0])
-        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
-        return self._fill(X, is_labels, Y, weight, 0, X.shape[0])
-
-    def _fill(self, X: Array, is_labels: bool, Y: Array, weight: Array | None, start: int, stop: int) -> Workspace:
-        ws = self.workspace(stop - start)
-        self.backend.copy_into(ws.x, X[start:stop])
-        ws.load_targets(is_labels, Y[start:stop])
-        ws.load_weights(None if weight is None else weight[start:stop])
-        return ws
-
-    def feedforward(self, ws: Workspace) -> Array:
-        """Forward pass of every member: ``Z[l] = A[l-1]·W[l] + b[l]`` (one batched GEMM), ``A[l] = σ(Z[l])``;
-        returns A[L], ``(K, N, outputs)``."""
-        be = self.backend
-        for layer, activation in enumerate(self._activations, start=1):
-            z, a = ws.output_z(layer), ws.a[layer]
-            be.matmul(ws.a[layer - 1], self.weights[layer - 1], out=z, precision=self.matmul_precision)
-            if activation is None:  # the softmax/sigmoid a loss fuses
-                be.bias_loss_output(self.loss, z, self.biases[layer - 1], a, ws.tmp[layer], ws.rows)
-            else:
-                be.bias_activation_forward(activation, z, self.biases[layer - 1], a, ws.tmp[layer])
-        return ws.a[-1]
-
+    # --- the step surface (with Network's: the training loop drives it) -------------------------------
     def compute_loss(self, ws: Workspace) -> Array:
         """Each member's loss, a ``(K,)`` backend array; writes each member's δ[L] (or ∂L/∂A[L])."""
         last = self.n_layers
@@ -269,53 +194,6 @@ class Ensemble:
                                                    stacked(ws.y), stacked(ws.delta[last]), stacked(ws.tmp[last]),
                                                    ws.rows, weight, members=self.n_members)
         return losses.reshape(self.n_members)  # (an ensemble of one: the network's 0-d loss, as (1,))
-
-    def backpropagate(self, ws: Workspace) -> None:
-        """Backward pass of every member, BP1–BP4, overwriting :attr:`grads` (batched GEMMs for BP2 and BP4)."""
-        be = self.backend
-        last = self.n_layers
-        output_activation = self._activations[-1]
-        if output_activation is not None:  # BP1: δ[L] = ∂L/∂A[L] ⊙ σ'(Z[L]) (fused losses wrote δ[L] already)
-            be.activation_backward(output_activation, ws.delta[last], ws.z[last], ws.a[last],
-                                   ws.tmp[last], ws.tmp2[last])
-        for layer in range(last, 0, -1):
-            delta = ws.delta[layer]
-            be.matmul(ws.a[layer - 1].swapaxes(-1, -2), delta, out=self.grad_weights[layer - 1],  # BP4
-                      precision=self.matmul_precision)
-            be.bias_grad(delta, ws.ones, out=self.grad_biases[layer - 1])  # BP3: ∂b = Σ_rows δ[l], each member
-            if layer > 1:  # BP2: δ[l-1] = (δ[l]·W[l]ᵀ) ⊙ σ'(Z[l-1])
-                below = layer - 1
-                be.matmul(delta, self.weights[layer - 1].swapaxes(-1, -2), out=ws.delta[below],
-                          precision=self.matmul_precision)
-                activation = self._activations[below - 1]
-                assert activation is not None
-                be.activation_backward(activation, ws.delta[below], ws.z[below], ws.a[below],
-                                       ws.tmp[below], ws.tmp2[below])
-
-    def compute_gradients(self, ws: Workspace) -> Array:
-        """Forward, loss and backward of every member: the ``(K,)`` losses, the gradients in :attr:`grads`."""
-        self.feedforward(ws)
-        loss = self.compute_loss(ws)
-        self.backpropagate(ws)
-        return loss
-
-    def count_correct(self, ws: Workspace) -> Array:
-        """Each member's correct predictions in the batch, ``(K,)`` (weighted as :meth:`MLP.count_correct`)."""
-        xp = self.backend.xp
-        output = ws.a[-1]
-        if self.loss.name == "cross_entropy":
-            hits = xp.argmax(output, axis=-1) == xp.argmax(ws.y, axis=-1)
-            weight = None if ws.weight is None else ws.weight[..., 0]
-        else:
-            hits = (output > 0.5) == (ws.y > 0.5)
-            weight = ws.weight
-        axes = tuple(range(1, hits.ndim))
-        if weight is None or ws.weight_total is None:
-            return hits.sum(axis=axes)
-        return (hits * weight).sum(axis=axes) * (ws.weight_total / ws.batch)
-
-    def accuracy_denominator(self, n: Any) -> Any:
-        return self._prototype.accuracy_denominator(n)
 
     def find_nonfinite(self, ws: Workspace, k: int = 0) -> str:
         """Where member ``k``'s first NaN/Inf appears on the workspace's batch (the failure path only)."""

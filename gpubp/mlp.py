@@ -15,7 +15,10 @@ allocated once per batch size, so a training step allocates nothing after the fi
 
 The network knows nothing of epochs, files of progress or ranks: :meth:`MLP.fit`
 hands itself to :mod:`gpubp.training`, which drives it through the step
-surface below (:meth:`MLP.load_batch`, :meth:`MLP.compute_gradients`, …).
+surface below (:meth:`Network.load_batch`, :meth:`Network.compute_gradients`, …).
+That surface and BP1–BP4 are :class:`Network`'s, written once for one network and for
+an ensemble of K stacked networks (:class:`gpubp.Ensemble`), whose arrays carry the
+member dimension in their leading axis.
 """
 
 from __future__ import annotations
@@ -68,7 +71,194 @@ def initial_parameters(sizes: Sequence[int], activations: Sequence[Activation | 
     return host
 
 
-class MLP:
+class Network:
+    """A fully-connected architecture and backpropagation through its layers, shared by :class:`MLP` (one
+    network: parameters ``(P,)``) and :class:`gpubp.Ensemble` (K networks stacked: ``(K, P)``).
+
+    The same code computes both: a layer's weights are ``(fan_in, fan_out)`` or ``(K, fan_in, fan_out)``
+    views of the flat parameter buffer, its activations ``(N, width)`` or ``(K, N, width)``, and every
+    product and elementwise pass takes the member dimension along in the leading axis. What differs —
+    the parameters' first values, the loss (each member's own mean), what ``fit`` drives — is the
+    subclasses'. The constructor checks the architecture; the arguments are :class:`MLP`'s.
+    """
+
+    params: Array
+    grads: Array
+    weights: list[Array]
+    biases: list[Array]
+    grad_weights: list[Array]
+    grad_biases: list[Array]
+    _workspaces: WorkspaceCache
+
+    def __init__(self, sizes: Sequence[int], activation: str | Sequence[str], output_activation: str | None,
+                 loss: str | Loss, backend: str | Backend, dtype: str, init: str, matmul_precision: str) -> None:
+        self.sizes = inputs.check_sizes(sizes)
+        self.loss: Loss = get_loss(loss)
+        inputs.check_outputs(self.loss, self.sizes[-1])
+        hidden = inputs.check_hidden_activations(activation, len(self.sizes) - 2)
+        self._activations: list[Activation | None] = [*hidden, inputs.output_activation_for(self.loss,
+                                                                                           output_activation)]
+        self.dtype = inputs.check_dtype(dtype)
+        self.init = check.choice("init", init, ["auto", *SCHEMES])
+        self.backend: Backend = get_backend(backend)
+        self.matmul_precision = inputs.check_matmul_precision(matmul_precision, self.backend)
+        self._slices = parameter_slices(self.sizes)
+
+    def _keep_z(self) -> list[bool]:
+        """Per layer, whether Z[l] needs a buffer of its own (σ' needs it, or a fused loss reads it)."""
+        return [act is None or act.needs_z for act in self._activations]
+
+    def _build_parameters(self, host: HostArray) -> None:
+        """The flat parameters ``host`` (``(P,)``, or ``(K, P)`` for K members) on the device, zero gradients,
+        and each layer's views of both."""
+        be = self.backend
+        lead = host.shape[:-1]  # () for one network, (K,) for an ensemble
+        self.params = be.asarray(host, self.dtype)
+        self.grads = be.zeros(host.shape, self.dtype)
+        shapes = list(zip(self.sizes[:-1], self.sizes[1:]))
+        bias = [(*lead, 1, fo) if lead else (fo,) for _, fo in shapes]  # a member's bias broadcast over its rows
+        self.weights = [self.params[..., w].reshape(*lead, fi, fo) for (w, _), (fi, fo) in zip(self._slices, shapes)]
+        self.biases = [self.params[..., b].reshape(shape) for (_, b), shape in zip(self._slices, bias)]
+        self.grad_weights = [self.grads[..., w].reshape(*lead, fi, fo) for (w, _), (fi, fo) in zip(self._slices,
+                                                                                                   shapes)]
+        self.grad_biases = [self.grads[..., b] for _, b in self._slices]
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers (hidden layers + 1)."""
+        return len(self.sizes) - 1
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of one network (an ensemble holds that many per member)."""
+        return self._slices[-1][1].stop
+
+    @property
+    def activations(self) -> list[str]:
+        """Names of the hidden activations, one per hidden layer."""
+        return [a.name for a in self._activations[:-1] if a is not None]
+
+    @property
+    def output_activation(self) -> str:
+        last = self._activations[-1]
+        return last.name if last is not None else str(self.loss.fused_activation)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this architecture."""
+        return {"sizes": list(self.sizes), "activation": self.activations, "output_activation": self.output_activation,
+                "loss": self.loss.name, "dtype": self.dtype.name, "init": self.init}
+
+    def split(self, flat: HostArray) -> list[HostArray]:
+        """A flat host buffer laid out like one network's parameters as ``[W1, b1, W2, b2, …]`` (copies)."""
+        out = []
+        for (w, b), (fan_in, fan_out) in zip(self._slices, zip(self.sizes[:-1], self.sizes[1:])):
+            out += [flat[w].reshape(fan_in, fan_out).copy(), flat[b].copy()]
+        return out
+
+    # --- the step surface: what training, gradcheck and the benchmark drive ---------------------------
+    def check_x(self, X: Any, name: str = "X") -> Array:
+        """``X`` checked: 2-D, ``sizes[0]`` features, finite (see :func:`gpubp.inputs.check_x`)."""
+        return inputs.check_x(self.backend, X, self.sizes[0], self.dtype, name)
+
+    def check_y(self, Y: Any, n: int, name: str = "Y") -> tuple[bool, Array]:
+        """``(is_labels, Y)`` checked against this network's outputs and loss (see :func:`gpubp.inputs.check_y`)."""
+        return inputs.check_y(self.backend, Y, n, self.sizes[-1], self.loss, self.dtype, name)
+
+    def workspace(self, batch: int, shared_input: bool = True) -> Workspace:
+        """The buffers of a batch of ``batch`` samples (allocated once, then reused); an ensemble's members share
+        their input rows, or (``shared_input=False``) each has its own."""
+        return self._workspaces.get(batch, shared_input)
+
+    def load_batch(self, X: Any, Y: Any, sample_weight: Any = None) -> Workspace:
+        """Check one batch and copy it into the workspace of its size (one transfer each for X, Y and weights;
+        an ensemble's members all take it)."""
+        X = self.check_x(X)
+        is_labels, Y = self.check_y(Y, X.shape[0])
+        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
+        return self._fill(X, is_labels, Y, weight, 0, X.shape[0])
+
+    def _fill(self, X: Array, is_labels: bool, Y: Array, weight: Array | None, start: int, stop: int) -> Workspace:
+        """Rows ``[start, stop)`` of checked inputs, targets and weights in the workspace of their count."""
+        ws = self.workspace(stop - start)
+        self.backend.copy_into(ws.x, X[start:stop])
+        ws.load_targets(is_labels, Y[start:stop])
+        ws.load_weights(None if weight is None else weight[start:stop])
+        return ws
+
+    def feedforward(self, ws: Workspace) -> Array:
+        """Forward pass: ``Z[l] = A[l-1]·W[l] + b[l]`` (one GEMM, batched over an ensemble's members),
+        ``A[l] = σ(Z[l])``; returns A[L]."""
+        be = self.backend
+        for layer, activation in enumerate(self._activations, start=1):
+            z, a = ws.output_z(layer), ws.a[layer]
+            be.matmul(ws.a[layer - 1], self.weights[layer - 1], out=z, precision=self.matmul_precision)
+            if activation is None:  # the softmax/sigmoid a loss fuses
+                be.bias_loss_output(self.loss, z, self.biases[layer - 1], a, ws.tmp[layer], ws.rows)
+            else:
+                be.bias_activation_forward(activation, z, self.biases[layer - 1], a, ws.tmp[layer])
+        return ws.a[-1]
+
+    def compute_loss(self, ws: Workspace) -> Array:
+        raise NotImplementedError
+
+    def backpropagate(self, ws: Workspace, after_layer: Callable[[int], None] | None = None) -> None:
+        """Backward pass, BP1–BP4, overwriting :attr:`grads`. Expects :meth:`compute_loss` first.
+        ``after_layer(l)`` is called as soon as layer l's gradients are final (l = L … 1), e.g. to start
+        their allreduce while the layers below are computed."""
+        be = self.backend
+        last = self.n_layers
+        output_activation = self._activations[-1]
+        if output_activation is not None:  # BP1: δ[L] = ∂L/∂A[L] ⊙ σ'(Z[L]) (fused losses wrote δ[L] already)
+            be.activation_backward(output_activation, ws.delta[last], ws.z[last], ws.a[last],
+                                   ws.tmp[last], ws.tmp2[last])
+        for layer in range(last, 0, -1):
+            delta = ws.delta[layer]  # BP4: ∂W = A[l-1]ᵀ·δ[l] (for an ensemble, each member's own)
+            be.matmul(ws.a[layer - 1].swapaxes(-1, -2), delta, out=self.grad_weights[layer - 1],
+                      precision=self.matmul_precision)
+            be.bias_grad(delta, ws.ones, out=self.grad_biases[layer - 1])  # BP3: ∂b = Σ_rows δ[l]
+            if after_layer is not None:
+                after_layer(layer)
+            if layer > 1:  # BP2: δ[l-1] = (δ[l]·W[l]ᵀ) ⊙ σ'(Z[l-1])
+                below = layer - 1
+                be.matmul(delta, self.weights[layer - 1].swapaxes(-1, -2), out=ws.delta[below],
+                          precision=self.matmul_precision)
+                activation = self._activations[below - 1]
+                assert activation is not None  # only the last layer's is fused into the loss
+                be.activation_backward(activation, ws.delta[below], ws.z[below], ws.a[below],
+                                       ws.tmp[below], ws.tmp2[below])
+
+    def compute_gradients(self, ws: Workspace) -> Array:
+        """Forward, loss and backward on a loaded workspace: the loss (0-d; an ensemble's ``(K,)``), the
+        gradients in :attr:`grads`."""
+        self.feedforward(ws)
+        loss = self.compute_loss(ws)
+        self.backpropagate(ws)
+        return loss
+
+    def count_correct(self, ws: Workspace) -> Array:
+        """Correct predictions in the workspace's batch (each member's, ``(K,)``, for an ensemble), a backend array
+        (no host sync); with sample weights, the sum of the weights of the correct ones (of each correct output,
+        for bce)."""
+        xp = self.backend.xp
+        output = ws.a[-1]
+        if self.loss.name == "cross_entropy":
+            hits = xp.argmax(output, axis=-1) == xp.argmax(ws.y, axis=-1)
+            weight = None if ws.weight is None else ws.weight[..., 0]
+        else:
+            hits = (output > 0.5) == (ws.y > 0.5)
+            weight = ws.weight
+        axes = tuple(range(1, hits.ndim)) if ws.members else None  # an ensemble: one count per member
+        if weight is None or ws.weight_total is None:
+            return hits.sum(axis=axes)
+        return (hits * weight).sum(axis=axes) * (ws.weight_total / ws.batch)  # weights back to their own scale
+
+    def accuracy_denominator(self, n: Any) -> Any:
+        """What accuracy divides by for ``n`` samples (or a total sample weight): samples (cross_entropy) or
+        outputs (bce)."""
+        return n if self.loss.name == "cross_entropy" else n * self.sizes[-1]
+
+
+class MLP(Network):
     """A fully-connected network trained by explicit backpropagation.
 
     Parameters
@@ -109,21 +299,11 @@ class MLP:
                  output_activation: str | None = None, loss: str | Loss = "mse", backend: str | Backend = "auto",
                  dtype: str = "float32", seed: int | None = None, init: str = "auto",
                  matmul_precision: str = "highest"):
-        self.sizes = inputs.check_sizes(sizes)
-        self.loss: Loss = get_loss(loss)
-        inputs.check_outputs(self.loss, self.sizes[-1])
-        hidden = inputs.check_hidden_activations(activation, len(self.sizes) - 2)
-        self._activations: list[Activation | None] = [*hidden, inputs.output_activation_for(self.loss,
-                                                                                           output_activation)]
-        self.dtype = inputs.check_dtype(dtype)
-        self.init = check.choice("init", init, ["auto", *SCHEMES])
         check.seed("seed", seed)
-        self.backend: Backend = get_backend(backend)
-        self.matmul_precision = inputs.check_matmul_precision(matmul_precision, self.backend)
+        super().__init__(sizes, activation, output_activation, loss, backend, dtype, init, matmul_precision)
         with self.backend.activate():
-            self._build_parameters(seed)
-        keep_z = [act is None or act.needs_z for act in self._activations]
-        self._workspaces = WorkspaceCache(self.backend, self.sizes, self.dtype, keep_z)
+            self._build_parameters(initial_parameters(self.sizes, self._activations, self.init, seed))
+        self._workspaces = WorkspaceCache(self.backend, self.sizes, self.dtype, self._keep_z())
         self._reduced_steps: dict[tuple[Any, Any], training.ReducedStep] = {}  # train_step(distributed=)
 
     @classmethod
@@ -141,42 +321,6 @@ class MLP:
         net.set_weights(net.split(params))
         return net
 
-    def _build_parameters(self, seed: int | None) -> None:
-        host = initial_parameters(self.sizes, self._activations, self.init, seed)
-        self._slices = parameter_slices(self.sizes)
-        layer_shapes = list(zip(self.sizes[:-1], self.sizes[1:]))
-        be = self.backend
-        self.params: Array = be.asarray(host, self.dtype)
-        self.grads: Array = be.zeros(host.shape, self.dtype)
-        self.weights = [self.params[w].reshape(fi, fo) for (w, _), (fi, fo) in zip(self._slices, layer_shapes)]
-        self.biases = [self.params[b] for _, b in self._slices]
-        self.grad_weights = [self.grads[w].reshape(fi, fo) for (w, _), (fi, fo) in zip(self._slices, layer_shapes)]
-        self.grad_biases = [self.grads[b] for _, b in self._slices]
-
-    @property
-    def n_layers(self) -> int:
-        """Number of weight layers (hidden layers + 1)."""
-        return len(self.sizes) - 1
-
-    @property
-    def n_params(self) -> int:
-        return int(self.params.size)
-
-    @property
-    def activations(self) -> list[str]:
-        """Names of the hidden activations, one per hidden layer."""
-        return [a.name for a in self._activations[:-1] if a is not None]
-
-    @property
-    def output_activation(self) -> str:
-        last = self._activations[-1]
-        return last.name if last is not None else str(self.loss.fused_activation)
-
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this architecture."""
-        return {"sizes": list(self.sizes), "activation": self.activations, "output_activation": self.output_activation,
-                "loss": self.loss.name, "dtype": self.dtype.name, "init": self.init}
-
     def __repr__(self) -> str:
         return (f"MLP(sizes={list(self.sizes)}, activation={self.activations}, output_activation="
                 f"{self.output_activation!r}, loss={self.loss.name!r}, backend={self.backend.name!r}, "
@@ -187,13 +331,6 @@ class MLP:
     def get_weights(self) -> list[HostArray]:
         """NumPy copies ``[W1, b1, W2, b2, …]``, ``W`` shaped ``(fan_in, fan_out)``, ``b`` ``(fan_out,)``."""
         return self.split(self.backend.to_host(self.params))
-
-    def split(self, flat: HostArray) -> list[HostArray]:
-        """A flat host buffer laid out like :attr:`params` as ``[W1, b1, W2, b2, …]`` (copies)."""
-        out = []
-        for (w, b), (fan_in, fan_out) in zip(self._slices, zip(self.sizes[:-1], self.sizes[1:])):
-            out += [flat[w].reshape(fan_in, fan_out).copy(), flat[b].copy()]
-        return out
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Replace all weights and biases; shapes are checked first and nothing changes on an error."""
@@ -225,46 +362,7 @@ class MLP:
         :mod:`gpubp.onnx`); returns the path written."""
         return onnx.export_network(self, path, opset)
 
-    # --- the step surface: what training, gradcheck and the benchmark drive ---------------------------
-    def check_x(self, X: Any, name: str = "X") -> Array:
-        """``X`` checked: 2-D, ``sizes[0]`` features, finite (see :func:`gpubp.inputs.check_x`)."""
-        return inputs.check_x(self.backend, X, self.sizes[0], self.dtype, name)
-
-    def check_y(self, Y: Any, n: int, name: str = "Y") -> tuple[bool, Array]:
-        """``(is_labels, Y)`` checked against this network's outputs and loss (see :func:`gpubp.inputs.check_y`)."""
-        return inputs.check_y(self.backend, Y, n, self.sizes[-1], self.loss, self.dtype, name)
-
-    def workspace(self, batch: int) -> Workspace:
-        """The buffers of a batch of ``batch`` samples (allocated once, then reused)."""
-        return self._workspaces.get(batch)
-
-    def load_batch(self, X: Any, Y: Any, sample_weight: Any = None) -> Workspace:
-        """Check one batch and copy it into the workspace of its size (one transfer each for X, Y and weights)."""
-        X = self.check_x(X)
-        is_labels, Y = self.check_y(Y, X.shape[0])
-        weight = inputs.check_sample_weight(self.backend, sample_weight, X.shape[0])
-        return self._fill(X, is_labels, Y, weight, 0, X.shape[0])
-
-    def _fill(self, X: Array, is_labels: bool, Y: Array, weight: Array | None, start: int, stop: int) -> Workspace:
-        """Rows ``[start, stop)`` of checked inputs, targets and weights in the workspace of their count."""
-        ws = self.workspace(stop - start)
-        self.backend.copy_into(ws.x, X[start:stop])
-        ws.load_targets(is_labels, Y[start:stop])
-        ws.load_weights(None if weight is None else weight[start:stop])
-        return ws
-
-    def feedforward(self, ws: Workspace) -> Array:
-        """Forward pass: ``Z[l] = A[l-1]·W[l] + b[l]``, ``A[l] = σ(Z[l])``; returns A[L]."""
-        be = self.backend
-        for layer, activation in enumerate(self._activations, start=1):
-            z, a = ws.output_z(layer), ws.a[layer]
-            be.matmul(ws.a[layer - 1], self.weights[layer - 1], out=z, precision=self.matmul_precision)
-            if activation is None:  # the softmax/sigmoid a loss fuses
-                be.bias_loss_output(self.loss, z, self.biases[layer - 1], a, ws.tmp[layer], ws.rows)
-            else:
-                be.bias_activation_forward(activation, z, self.biases[layer - 1], a, ws.tmp[layer])
-        return ws.a[-1]
-
+    # --- the step surface: what training, gradcheck and the benchmark drive (with Network's) ---------------
     def compute_loss(self, ws: Workspace) -> Array:
         """The loss as a 0-d backend array; writes ∂L/∂A[L] (or the fused δ[L]) into ``delta[L]``.
         Expects :meth:`feedforward` first; may be called again with the same result."""
@@ -272,62 +370,10 @@ class MLP:
         return self.backend.loss_value_and_delta(self.loss, ws.output_z(last), ws.a[last], ws.y,
                                                  ws.delta[last], ws.tmp[last], ws.rows, ws.weight)
 
-    def backpropagate(self, ws: Workspace, after_layer: Callable[[int], None] | None = None) -> None:
-        """Backward pass, BP1–BP4, overwriting :attr:`grads`. Expects :meth:`compute_loss` first.
-        ``after_layer(l)`` is called as soon as layer l's gradients are final (l = L … 1), e.g. to start
-        their allreduce while the layers below are computed."""
-        be = self.backend
-        last = self.n_layers
-        output_activation = self._activations[-1]
-        if output_activation is not None:  # BP1: δ[L] = ∂L/∂A[L] ⊙ σ'(Z[L]) (fused losses wrote δ[L] already)
-            be.activation_backward(output_activation, ws.delta[last], ws.z[last], ws.a[last],
-                                   ws.tmp[last], ws.tmp2[last])
-        for layer in range(last, 0, -1):
-            delta = ws.delta[layer]
-            be.matmul(ws.a[layer - 1].T, delta, out=self.grad_weights[layer - 1],  # BP4: ∂W = A[l-1]ᵀ·δ[l]
-                      precision=self.matmul_precision)
-            be.bias_grad(delta, ws.ones, out=self.grad_biases[layer - 1])  # BP3: ∂b = Σ_rows δ[l]
-            if after_layer is not None:
-                after_layer(layer)
-            if layer > 1:  # BP2: δ[l-1] = (δ[l]·W[l]ᵀ) ⊙ σ'(Z[l-1])
-                below = layer - 1
-                be.matmul(delta, self.weights[layer - 1].T, out=ws.delta[below], precision=self.matmul_precision)
-                activation = self._activations[below - 1]
-                assert activation is not None  # only the last layer's is fused into the loss
-                be.activation_backward(activation, ws.delta[below], ws.z[below], ws.a[below],
-                                       ws.tmp[below], ws.tmp2[below])
-
     def layer_gradient(self, layer: int) -> Array:
         """Layer ``layer``'s part of :attr:`grads`: its ∂W then its ∂b, contiguous in the flat buffer."""
         w, b = self._slices[layer - 1]
         return self.grads[w.start:b.stop]
-
-    def compute_gradients(self, ws: Workspace) -> Array:
-        """Forward, loss and backward on a loaded workspace: the loss (0-d), the gradients in :attr:`grads`."""
-        self.feedforward(ws)
-        loss = self.compute_loss(ws)
-        self.backpropagate(ws)
-        return loss
-
-    def count_correct(self, ws: Workspace) -> Array:
-        """Correct predictions in the workspace's batch, as a 0-d backend array (no host sync); with sample
-        weights, the sum of the weights of the correct ones (of each correct output, for bce)."""
-        xp = self.backend.xp
-        output = ws.a[-1]
-        if self.loss.name == "cross_entropy":
-            hits = xp.argmax(output, axis=1) == xp.argmax(ws.y, axis=1)
-            weight = None if ws.weight is None else ws.weight[:, 0]
-        else:
-            hits = (output > 0.5) == (ws.y > 0.5)
-            weight = ws.weight
-        if weight is None or ws.weight_total is None:
-            return hits.sum()
-        return (hits * weight).sum() * (ws.weight_total / ws.batch)  # weights back to their own scale
-
-    def accuracy_denominator(self, n: Any) -> Any:
-        """What accuracy divides by for ``n`` samples (or a total sample weight): samples (cross_entropy) or
-        outputs (bce)."""
-        return n if self.loss.name == "cross_entropy" else n * self.sizes[-1]
 
     def find_nonfinite(self, ws: Workspace) -> str:
         """Run the step on ``ws`` again and say where the first NaN/Inf appears (host syncs; failure path only)."""
