@@ -95,45 +95,47 @@ def fashion(out: Path) -> list[str]:
             f"wall {summary['wall_s']:.1f} s."]
 
 
+def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> list[str]:
+    """A titled markdown table: ``columns`` as (heading, alignment: "l" or "r"), then the rows' cells."""
+    return [title, "", "| " + " | ".join(name for name, _ in columns) + " |",
+            "| " + " | ".join("---:" if align == "r" else "---" for _, align in columns) + " |",
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
 def sklearn_comparison(out: Path) -> list[str]:
     report = _json(out / "sklearn.json")
     if report is None:
         return ["scikit-learn comparison: not run or no report."]
-    lines = [f"scikit-learn comparison (gpubp on {report['device']}, scikit-learn on the CPU):", "",
-             "| dataset | dtype | scikit-learn fit s | gpubp fit s | speedup | scikit-learn acc | gpubp acc |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for row in report["rows"]:
-        lines.append(f"| {row['dataset']} | {row['dtype']} | {row['sklearn_fit_s']:.2f} | {row['gpubp_fit_s']:.2f} | "
-                     f"{row['speedup']:.1f}× | {row['sklearn_accuracy']:.4f} | {row['gpubp_accuracy']:.4f} |")
-    return lines
+    columns = [("dataset", "l"), ("dtype", "l"), ("scikit-learn fit s", "r"), ("gpubp fit s", "r"), ("speedup", "r"),
+               ("scikit-learn acc", "r"), ("gpubp acc", "r")]
+    return _table(f"scikit-learn comparison (gpubp on {report['device']}, scikit-learn on the CPU):", columns, [
+        [row["dataset"], row["dtype"], f"{row['sklearn_fit_s']:.2f}", f"{row['gpubp_fit_s']:.2f}",
+         f"{row['speedup']:.1f}×", f"{row['sklearn_accuracy']:.4f}", f"{row['gpubp_accuracy']:.4f}"]
+        for row in report["rows"]])
 
 
 def distributed_step(out: Path) -> list[str]:
     report = _json(out / "distributed.json")
     if report is None:
         return ["distributed step: not run or no report."]
-    lines = ["distributed step (bench/distributed_step.py):", "",
-             "| ranks | overlap | backend | rows/rank | step ms | allreduce ms | share | samples/s |",
-             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for row in report["rows"]:
-        lines.append(f"| {row['ranks']} | {'yes' if row.get('overlap') else 'no'} | {row['backend']} | "
-                     f"{row['rows_per_rank']} | {row['step_ms']:.3f} | "
-                     f"{row['allreduce_ms']:.3f} | {row['communication_share']:.1%} | {row['samples_per_s']:.0f} |")
-    return lines
+    columns = [("ranks", "r"), ("overlap", "l"), ("backend", "l"), ("rows/rank", "r"), ("step ms", "r"),
+               ("allreduce ms", "r"), ("share", "r"), ("samples/s", "r")]
+    return _table("distributed step (bench/distributed_step.py):", columns, [
+        [str(row["ranks"]), "yes" if row.get("overlap") else "no", row["backend"], str(row["rows_per_rank"]),
+         f"{row['step_ms']:.3f}", f"{row['allreduce_ms']:.3f}", f"{row['communication_share']:.1%}",
+         f"{row['samples_per_s']:.0f}"] for row in report["rows"]])
 
 
 def ensemble_step(out: Path) -> list[str]:
     report = _json(out / "ensemble.json")
     if report is None:
         return ["ensemble step: not run or no report."]
-    lines = ["ensemble step (bench/ensemble_step.py; the issue's GPU target: 50× at K = 128):", "",
-             "| backend | network | batch | K | ensemble step ms | K fit steps ms | speedup | members × samples/s | "
-             "train_step speedup |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in report["rows"]:
-        lines.append(f"| {row['backend']} | {row['sizes']} | {row['batch']} | {row['members']} | "
-                     f"{row['ensemble_ms']:.3f} | {row['separate_ms']:.3f} | {row['speedup']:.1f}× | "
-                     f"{row['member_samples_per_s']:.0f} | {row['train_step_speedup']:.1f}× |")
-    return lines
+    columns = [("backend", "l"), ("network", "l"), ("batch", "r"), ("K", "r"), ("ensemble step ms", "r"),
+               ("K fit steps ms", "r"), ("speedup", "r"), ("members × samples/s", "r"), ("train_step speedup", "r")]
+    return _table("ensemble step (bench/ensemble_step.py; the issue's GPU target: 50× at K = 128):", columns, [
+        [row["backend"], str(row["sizes"]), str(row["batch"]), str(row["members"]), f"{row['ensemble_ms']:.3f}",
+         f"{row['separate_ms']:.3f}", f"{row['speedup']:.1f}×", f"{row['member_samples_per_s']:.0f}",
+         f"{row['train_step_speedup']:.1f}×"] for row in report["rows"]])
 
 
 def main(argv: list[str]) -> int:

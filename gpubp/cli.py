@@ -109,28 +109,28 @@ def _kernel_line(compile_them: bool) -> str:
     return line
 
 
-def _parse_widths(text: str) -> list[int]:
+def _positive_ints(text: str, what: str, example: str) -> list[int]:
+    """Comma-separated integers, at least one, each >= 1; the errors name ``what`` and an ``example``."""
     parts = text.split(",") if text.strip() else []
     try:
-        widths = [int(part) for part in parts]
+        values = [int(part) for part in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,64, got {text!r}") from None
-    if not widths:
-        raise argparse.ArgumentTypeError(f"expected at least one width, like 64 or 64,64, got {text!r}")
-    if any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
-    return widths
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like {example}, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one {what}, like {example}, got {text!r}")
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"every {what} must be >= 1, got {text!r}")
+    return values
+
+
+def _parse_widths(text: str) -> list[int]:
+    """``--hidden``, ``--widths``, ``--depths``, ``--batches``: layer widths and the like."""
+    return _positive_ints(text, "layer width", "64 or 64,64")
 
 
 def _parse_counts(text: str) -> list[int]:
-    """``--members``: numbers of members, comma-separated, each >= 1."""
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers of members like 1,8,64, got {text!r}") from None
-    if any(k < 1 for k in counts):
-        raise argparse.ArgumentTypeError(f"numbers of members must be >= 1, got {text!r}")
-    return counts
+    """``--members``: numbers of members."""
+    return _positive_ints(text, "number of members", "1,8,64")
 
 
 def _parse_rates(text: str) -> list[float]:

@@ -146,7 +146,7 @@ def test_every_output_path_is_checked_before_training(tmp_path, capsys, option, 
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--hidden", ""], "expected at least one width"),
+    (["--hidden", ""], "expected at least one layer width"),
     (["--samples", "5"], r"validation_split=0.1 of 5 samples leaves 0 for validation"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),

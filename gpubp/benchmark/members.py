@@ -38,7 +38,7 @@ from ..guard import Guard, MemberGuard
 from ..mlp import MLP
 from ..optim import Adam
 from ..training import Step
-from .timing import Clock, machine_info, random_array, release_memory
+from .timing import Clock, as_fit_runs, machine_info, random_array, release_memory
 
 NETWORKS: tuple[tuple[tuple[int, ...], int], ...] = (((64, 64, 64, 10), 256), ((784, 256, 10), 128))
 """(sizes, batch) of the networks ``gpubp bench --members`` measures by default."""
@@ -58,37 +58,23 @@ def ensemble_step(backend: Any, sizes: Sequence[int], batch: int, members: int, 
     ws = ensemble.load_batch(*_batch(backend, sizes, batch, dtype, rng))
     guard = MemberGuard(backend, ensemble.grads, "raise", None, members)
     step = Step(ensemble, Adam(lr=[1e-3] * members), guard)  # type: ignore[arg-type]
-    count = 0
-
-    def run() -> None:
-        nonlocal count
-        count += 1
-        step(ws)
-        if guard.record(count, 1, 0):
-            guard.check(lambda batch, member: ensemble.find_nonfinite(ws, member), 1e-3)
-
-    return run
+    return as_fit_runs(step, ws, lambda batch, member: ensemble.find_nonfinite(ws, member))
 
 
 def separate_steps(backend: Any, sizes: Sequence[int], batch: int, members: int, dtype: str,
                    rng: np.random.Generator) -> Callable[[], None]:
     """``members`` networks' steps one after the other, each as ``MLP.fit`` runs it."""
     x, y = _batch(backend, sizes, batch, dtype, rng)
-    steps = []
+    runs = []
     for seed in range(members):
         net = MLP(sizes, activation="relu", loss="cross_entropy", backend=backend, dtype=dtype, seed=seed)
         ws = net.load_batch(x, y)
-        guard = Guard(backend, net.grads, "raise", None)
-        steps.append((Step(net, Adam(lr=1e-3), guard), guard, ws, net))
-    count = 0
+        step = Step(net, Adam(lr=1e-3), Guard(backend, net.grads, "raise", None))
+        runs.append(as_fit_runs(step, ws, functools.partial(_diagnose, net, ws)))
 
     def run() -> None:
-        nonlocal count
-        count += 1
-        for step, guard, ws, net in steps:
-            step(ws)
-            if guard.record(count, 1, 0):
-                guard.check(functools.partial(_diagnose, net, ws), 1e-3)
+        for one in runs:
+            one()
 
     return run
 

@@ -76,7 +76,13 @@ def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Gene
     ws = net.load_batch(random_array(backend, (config.batch, config.sizes[0]), dtype, rng),
                         random_array(backend, (config.batch, config.sizes[-1]), dtype, rng))
     guard = Guard(backend, net.grads, "raise", None)
-    step = Step(net, SGD(1e-3), guard)
+    return as_fit_runs(Step(net, SGD(1e-3), guard), ws, lambda batch: net.find_nonfinite(ws))
+
+
+def as_fit_runs(step: Step, ws: Any, diagnose: Callable[..., str]) -> Callable[[], None]:
+    """``step(ws)`` as the training loop runs it: the step, then its guard's host check once per window
+    (``diagnose`` locates a NaN, should one appear)."""
+    guard = step.guard
     count = 0
 
     def run() -> None:
@@ -84,7 +90,7 @@ def gpubp_step(backend: Backend, config: Config, dtype: str, rng: np.random.Gene
         count += 1
         step(ws)
         if guard.record(count, 1, 0):
-            guard.check(lambda batch: net.find_nonfinite(ws), 1e-3)
+            guard.check(diagnose, 1e-3)
 
     return run
 
